@@ -1,0 +1,144 @@
+"""Server configuration: `keyturn.yaml`, overridden by `KEYTURN_*` environment variables.
+
+Precedence, highest first: explicit arguments (CLI flags), environment (`KEYTURN_DATABASE`,
+`KEYTURN_LEDGER__ORIGIN` — nested keys use a double underscore), the YAML file, defaults. Relative paths in
+the YAML file are resolved against the file's directory, so a configuration can be started from anywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    pass
+
+
+class IssuerSettings(BaseModel):
+    """A trusted JWT issuer: an OIDC provider for humans or a workload identity issuer for agents."""
+
+    model_config = ConfigDict(extra="forbid")
+    issuer: str
+    audience: str
+    jwks_url: str | None = None  # default: discovered from {issuer}/.well-known/openid-configuration
+    kind: Literal["human", "agent"] = "human"
+    groups_claim: str = "groups"
+    subject_claim: str = "email"
+    id_prefix: str | None = None  # default "user:" for humans, "agent:" for agents
+
+
+class SecretSettings(BaseModel):
+    """A brokered secret, handed to an executor only with the grant of a rule that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+    env: str | None = None
+    file: Path | None = None
+
+
+class LedgerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    origin: str = "keyturn.local/ledger"
+    checkpoint_every: int = Field(default=1000, ge=1, description="sign a checkpoint every N events")
+    checkpoint_interval: timedelta = Field(default=timedelta(seconds=60), description="or every T")
+    witness_dir: Path | None = None
+    witness_urls: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Every setting of `keyturn serve`. `keyturn serve --help` lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYTURN_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8300, description="port to listen on")
+    public_url: str | None = Field(default=None, description="URL people use to reach the console")
+    database: str = Field(default="sqlite:///keyturn.db", description="sqlite:///PATH or postgresql://…")
+    policy: list[Path] = Field(default_factory=lambda: [Path("policy.yaml")], description="policy files")
+    data_dir: Path = Field(default=Path("keyturn-data"), description="signing keys (0700)")
+    users_file: Path | None = Field(default=None, description="users, groups, roles, hashed tokens")
+    issuers: list[IssuerSettings] = Field(default_factory=list, description="trusted JWT issuers")
+    grant_audience: str = Field(default="keyturn-executor", description="aud claim of grants")
+    timer_interval: float = Field(default=1.0, gt=0, description="seconds between expiry/escalation sweeps")
+    secrets: dict[str, SecretSettings] = Field(default_factory=dict, description="brokered secrets")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    log_level: str = Field(default="info")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+_PATH_KEYS = ("policy", "data_dir", "users_file")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read `config_file` (if any), apply the environment, then `overrides` (CLI flags that were given)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of settings at the top level")
+        file_values = _resolve_paths(loaded, config_file.parent)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        from_env = Settings().model_dump(exclude_unset=True)
+        return Settings(**_deep_merge(_deep_merge(file_values, from_env), given))
+    except ValidationError as exc:
+        where = f"{config_file}: " if config_file else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{where}{problems}") from exc
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(values)
+    for key in _PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str):
+            out[key] = [str(base / value)] if key == "policy" else str(base / value)
+        elif isinstance(value, list):
+            out[key] = [str(base / str(v)) for v in value]
+    database = out.get("database")
+    if isinstance(database, str) and database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
+        out["database"] = "sqlite:///" + str(base / database.removeprefix("sqlite:///"))
+    ledger = out.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("witness_dir"), str):
+        out["ledger"] = {**ledger, "witness_dir": str(base / ledger["witness_dir"])}
+    secrets = out.get("secrets")
+    if isinstance(secrets, dict):
+        out["secrets"] = {
+            name: ({**spec, "file": str(base / spec["file"])} if isinstance(spec, dict) and spec.get("file") else spec)
+            for name, spec in secrets.items()
+        }
+    return out

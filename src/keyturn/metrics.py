@@ -1,0 +1,16 @@
+"""Prometheus metrics, served at `/metrics`. Names follow the Prometheus naming conventions."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("keyturn_requests_total", "Action requests submitted, by policy decision", ["decision"])
+REVIEWS = Counter("keyturn_reviews_total", "Reviews accepted, by decision", ["decision"])
+GRANTS = Counter("keyturn_grant_consumptions_total", "Grant consumption attempts, by outcome", ["outcome"])
+TRANSITIONS = Counter("keyturn_timer_transitions_total", "Expiries and escalations applied by the timers")
+POLICY_SECONDS = Histogram(
+    "keyturn_policy_evaluation_seconds",
+    "Time to evaluate policy on one request",
+    buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
+)
+HTTP_ERRORS = Counter("keyturn_http_errors_total", "Error answers of the API, by code", ["code"])

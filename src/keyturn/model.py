@@ -1,0 +1,252 @@
+"""Domain types shared by every part of keyturn.
+
+Everything here is data: immutable pydantic models with no I/O. The policy engine produces `Verdict`s,
+the workflow turns requests, reviews and grants into `RequestRecord`s and `Event`s, and the store,
+server, channels and CLI only move these values around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- principals ---------------------------------------------------------------------------------------
+
+
+class PrincipalKind(StrEnum):
+    AGENT = "agent"
+    HUMAN = "human"
+
+
+class Role(StrEnum):
+    """Administrative roles. Approving is not a role: it comes from membership of a route's groups."""
+
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+
+
+class Principal(Frozen):
+    id: str  # "agent:deploy-bot", "user:alice@example.com"
+    kind: PrincipalKind
+    groups: frozenset[str] = frozenset()
+    roles: frozenset[Role] = frozenset()
+    display_name: str | None = None
+
+
+# --- requests and verdicts ----------------------------------------------------------------------------
+
+
+class ActionRequest(Frozen):
+    """What an agent wants to do. `requester` always comes from authentication, never from a body."""
+
+    action: str
+    resource: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    justification: str = ""
+    context: dict[str, Any] = Field(default_factory=dict)
+    requester: Principal
+    on_behalf_of: str | None = None
+    idempotency_key: str | None = None
+
+    def with_params(self, params: dict[str, Any]) -> ActionRequest:
+        return self.model_copy(update={"params": params})
+
+
+class Decision(StrEnum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    DENY = "deny"
+
+    @property
+    def strictness(self) -> int:
+        return _STRICTNESS[self]
+
+
+_STRICTNESS = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.DENY: 2}
+
+
+class Requirement(Frozen):
+    """`count` distinct humans from any of `groups` must approve."""
+
+    groups: tuple[str, ...]
+    count: int = Field(default=1, ge=1)
+
+    def describe(self) -> str:
+        return f"{self.count} from {' or '.join(self.groups)}"
+
+
+class Escalation(Frozen):
+    after: timedelta
+    notify: tuple[str, ...] = ()
+
+
+class Route(Frozen):
+    """Who must approve a `review` verdict, and how."""
+
+    requirements: tuple[Requirement, ...]
+    ttl: timedelta
+    tier: str | None = None
+    notify: tuple[str, ...] = ()
+    escalate: tuple[Escalation, ...] = ()
+    redact: tuple[str, ...] = ()  # dotted paths like "params.connection_string"
+    editable: tuple[str, ...] = ()  # dotted paths like "params.rows"
+    step_up: bool = False
+    grant_ttl: timedelta = timedelta(minutes=5)
+    secrets: tuple[str, ...] = ()  # names of brokered secrets handed over with the grant
+
+    def describe(self) -> str:
+        return " and ".join(r.describe() for r in self.requirements)
+
+
+class RuleMatch(Frozen):
+    """How one rule answered a request: whether it matched and why."""
+
+    rule: str
+    decision: Decision
+    matched: bool
+    why: str
+    source: str = ""  # "policy.yaml:12"
+    error: str | None = None  # set when `when` failed at evaluation time (fail closed)
+
+
+class Verdict(Frozen):
+    decision: Decision
+    reason: str | None = None  # for deny
+    route: Route | None = None  # for review
+    rules: tuple[RuleMatch, ...] = ()  # the rules that matched (or counted as matched, failing closed)
+    policy_revision: str = ""
+    grant_ttl: timedelta = timedelta(minutes=5)  # for allow; review uses route.grant_ttl
+    secrets: tuple[str, ...] = ()  # for allow; review uses route.secrets
+
+    @property
+    def matched_rule_names(self) -> tuple[str, ...]:
+        return tuple(m.rule for m in self.rules)
+
+
+# --- lifecycle ----------------------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    ALLOWED = "allowed"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def runnable(self) -> bool:
+        """A grant for the request may be consumed."""
+        return self in (Status.ALLOWED, Status.APPROVED)
+
+
+TERMINAL_STATUSES = frozenset(
+    {Status.DENIED, Status.EXPIRED, Status.CANCELLED, Status.SUCCEEDED, Status.FAILED}
+)
+
+
+class ReviewDecision(StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class Review(Frozen):
+    reviewer: str
+    reviewer_groups: frozenset[str]  # membership at the moment of review
+    decision: ReviewDecision
+    comment: str = ""
+    params: dict[str, Any] | None = None  # edited params, when the reviewer narrowed them
+    params_digest: str | None = None  # digest of the params this approval approved
+    at: datetime
+
+
+class GrantRecord(Frozen):
+    """The server-side half of a grant: what the signed token refers to."""
+
+    id: str
+    request_id: str
+    params_digest: str
+    issued_at: datetime
+    expires_at: datetime
+    consumed_at: datetime | None = None
+
+
+class RequestRecord(Frozen):
+    """The whole state of one action request."""
+
+    id: str
+    request: ActionRequest
+    status: Status
+    verdict: Verdict
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None  # review deadline for pending requests
+    reviews: tuple[Review, ...] = ()
+    approved_params: dict[str, Any] | None = None  # params the grant binds (edited or original)
+    grant: GrantRecord | None = None
+    escalation_level: int = 0
+    executor: str | None = None  # who consumed the grant
+    result: dict[str, Any] | None = None
+    version: int = 0  # optimistic concurrency: every transition bumps it
+
+    @property
+    def route(self) -> Route | None:
+        return self.verdict.route
+
+
+class EventType(StrEnum):
+    SUBMITTED = "request.submitted"
+    ALLOWED = "request.allowed"
+    DENIED = "request.denied"
+    PENDING = "request.pending"
+    REVIEWED = "request.reviewed"
+    PARAMS_EDITED = "request.params_edited"
+    APPROVED = "request.approved"
+    EXPIRED = "request.expired"
+    CANCELLED = "request.cancelled"
+    ESCALATED = "request.escalated"
+    GRANT_ISSUED = "grant.issued"
+    GRANT_CONSUMED = "grant.consumed"
+    GRANT_EXPIRED = "grant.expired"
+    SUCCEEDED = "request.succeeded"
+    FAILED = "request.failed"
+
+
+class Event(Frozen):
+    """One ledger leaf before it gets its sequence number. `payload` is already redacted."""
+
+    type: EventType
+    actor: str
+    request_id: str | None
+    payload: dict[str, Any]
+    ts: datetime
+
+
+# --- canonical digests --------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical bytes of a JSON value."""
+    return bytes(rfc8785.dumps(value))
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    """`sha256:<hex>` of the canonical params: what a grant binds."""
+    return "sha256:" + hashlib.sha256(canonical_json(params)).hexdigest()

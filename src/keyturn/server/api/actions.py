@@ -1,0 +1,117 @@
+"""Action requests: submit, read, queue, review, cancel, wait, stream, report results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+from sse_starlette.sse import EventSourceResponse
+
+from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
+from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
+from keyturn.server.deps import Caller, Human, Service
+from keyturn.service import Keyturn, Submission, public_view
+
+router = APIRouter(prefix="/v1/actions", tags=["actions"])
+
+MAX_WAIT_SECONDS = 300.0
+
+
+def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
+    view = public_view(record)
+    view["review_url"] = f"{svc.settings.base_url}/console/requests/{record.id}"
+    token = svc.grant_token(who, record)
+    if token is not None:
+        view["grant"] = token
+    if history:
+        view["history"] = svc.history(record)
+    return view
+
+
+@router.post("", status_code=201, summary="Submit an action request")
+def submit(body: SubmitBody, who: Caller, svc: Service) -> dict[str, Any]:
+    record = svc.submit(who, Submission(**body.model_dump()))
+    return render(svc, who, record)
+
+
+@router.get("", summary="List requests; reviewable=true gives the caller's review queue")
+def list_requests(
+    who: Caller,
+    svc: Service,
+    status: Status | None = None,
+    reviewable: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    records, next_cursor = svc.list(who, status=status, reviewable=reviewable, limit=limit, cursor=cursor)
+    return {"items": [render(svc, who, r) for r in records], "next_cursor": next_cursor}
+
+
+@router.get("/{request_id}", summary="A request with its reviews and history")
+def get_request(request_id: str, who: Caller, svc: Service) -> dict[str, Any]:
+    return render(svc, who, svc.get(who, request_id), history=True)
+
+
+@router.post("/{request_id}/reviews", summary="Approve or deny (humans only)")
+def review(request_id: str, body: ReviewBody, who: Human, svc: Service) -> dict[str, Any]:
+    record = svc.review(who, request_id, ReviewDecision(body.decision), body.comment, body.params)
+    return render(svc, who, record)
+
+
+@router.post("/{request_id}/cancel", summary="Cancel a pending request (requester only)")
+def cancel(request_id: str, who: Caller, svc: Service, body: CancelBody | None = None) -> dict[str, Any]:
+    record = svc.cancel(who, request_id, body.reason if body else "")
+    return render(svc, who, record)
+
+
+@router.post("/{request_id}/result", summary="Report the outcome of an executed action")
+def result(request_id: str, body: ResultBody, who: Caller, svc: Service) -> dict[str, Any]:
+    record = svc.report_result(
+        who, request_id, body.status == "succeeded", body.output_digest, body.detail
+    )
+    return render(svc, who, record)
+
+
+@router.get("/{request_id}/wait", summary="Long-poll until the request is decided or `timeout` passes")
+async def wait(
+    request_id: str,
+    who: Caller,
+    svc: Service,
+    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 30.0,
+) -> dict[str, Any]:
+    """Returns as soon as the request leaves `pending` (approved, allowed, denied, expired, cancelled…)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with svc.store.feed.subscribe(request_id) as changes:
+        while True:
+            record = await to_thread.run_sync(svc.get, who, request_id)
+            remaining = deadline - loop.time()
+            if record.status is not Status.PENDING or remaining <= 0:
+                view = await to_thread.run_sync(lambda: render(svc, who, record))
+                view["timed_out"] = record.status is Status.PENDING
+                return view
+            await changes.wait(remaining)
+
+
+@router.get("/{request_id}/events", summary="Server-Sent Events of the request's transitions")
+async def events(request_id: str, request: Request, who: Caller, svc: Service) -> EventSourceResponse:
+    await to_thread.run_sync(svc.get, who, request_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        last_version = -1
+        async with svc.store.feed.subscribe(request_id) as changes:
+            while not await request.is_disconnected():
+                record = await to_thread.run_sync(svc.get, who, request_id)
+                if record.version != last_version:
+                    last_version = record.version
+                    view = await to_thread.run_sync(lambda: render(svc, who, record, history=True))
+                    yield {"event": "state", "id": str(record.version), "data": json.dumps(view)}
+                    if record.status.terminal:
+                        return
+                await changes.wait(15.0)
+
+    return EventSourceResponse(stream(), ping=15)

@@ -1,0 +1,44 @@
+"""FastAPI dependencies: the service and the authenticated principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from keyturn.identity import AuthorizationError
+from keyturn.model import Principal, PrincipalKind, Role
+from keyturn.service import Keyturn
+
+
+def service(request: Request) -> Keyturn:
+    svc: Keyturn = request.app.state.keyturn
+    return svc
+
+
+def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The caller, from `Authorization: Bearer …` or `X-API-Key`. Never from the body."""
+    who: Principal = request.app.state.authenticator.authenticate(authorization, x_api_key)
+    return who
+
+
+def human(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if who.kind is not PrincipalKind.HUMAN:
+        raise AuthorizationError(f"{who.id} is an agent; this endpoint is for humans")
+    return who
+
+
+def auditor(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if Role.AUDITOR not in who.roles:
+        raise AuthorizationError(f"{who.id} does not have the auditor role")
+    return who
+
+
+Caller = Annotated[Principal, Depends(principal)]
+Human = Annotated[Principal, Depends(human)]
+Auditor = Annotated[Principal, Depends(auditor)]
+Service = Annotated[Keyturn, Depends(service)]

@@ -1,0 +1,482 @@
+"""The application core: policy, workflow, store and grants put together.
+
+`Keyturn` is what the HTTP API, the CLI and the background timers call. It authorises *who may ask*
+(reading, listing), evaluates policy, asks `keyturn.workflow` for the transition and persists it in one
+store transaction. The guarantees themselves are in `workflow.py`; this module never decides an approval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from keyturn import metrics, workflow
+from keyturn.config import Settings
+from keyturn.grants import GrantError, GrantIssuer, verify_grant
+from keyturn.keys import KeyRing
+from keyturn.model import (
+    ActionRequest,
+    Decision,
+    Principal,
+    RequestRecord,
+    ReviewDecision,
+    Role,
+    Status,
+    Verdict,
+    canonical_json,
+    params_digest,
+)
+from keyturn.policy import PolicyHolder
+from keyturn.redact import redact_document
+from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, Store
+
+log = logging.getLogger("keyturn")
+
+Clock = Callable[[], datetime]
+
+_RETRIES = 8  # optimistic-concurrency retries of one review/cancel/consume before giving up
+
+
+class ServiceError(Exception):
+    """An error for the caller; `status` is the HTTP status the API answers with."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or {}
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    # Time-ordered prefix keeps ids roughly sortable; 80 random bits keep them unguessable.
+    return f"req_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def new_grant_id() -> str:
+    return "gr_" + secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class Submission:
+    action: str
+    resource: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    justification: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    on_behalf_of: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Consumed:
+    record: RequestRecord
+    params: dict[str, Any]
+    secrets: dict[str, str]
+
+
+class Keyturn:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        policy: PolicyHolder,
+        keyring: KeyRing,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = policy
+        self.keyring = keyring
+        self.clock = clock
+        self.grant_issuer = GrantIssuer(
+            keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
+        )
+
+    # --- policy -------------------------------------------------------------------------------------
+
+    def evaluate(self, request: ActionRequest) -> Verdict:
+        started = time.perf_counter()
+        verdict = self.policy.current.evaluate(request, self.clock())
+        metrics.POLICY_SECONDS.observe(time.perf_counter() - started)
+        return verdict
+
+    # --- submit -------------------------------------------------------------------------------------
+
+    def submit(self, principal: Principal, submission: Submission) -> RequestRecord:
+        request = ActionRequest(
+            action=submission.action,
+            resource=submission.resource,
+            params=submission.params,
+            justification=submission.justification,
+            context=submission.context,
+            requester=principal,
+            on_behalf_of=submission.on_behalf_of,
+            idempotency_key=submission.idempotency_key,
+        )
+        now = self.clock()
+        verdict = self.evaluate(request)
+        transition = workflow.submit(new_request_id(), request, verdict, now, new_grant_id())
+        decision = DecisionRecord(
+            ts=now,
+            request_id=transition.record.id,
+            request_digest=request_digest(request),
+            decision=verdict.decision.value,
+            rules=list(verdict.matched_rule_names),
+            policy_revision=verdict.policy_revision,
+        )
+        try:
+            record = self.store.insert_request(transition, decision, None)
+        except DuplicateIdempotencyKey as duplicate:
+            original = duplicate.record
+            if request_digest(original.request) != request_digest(request):
+                raise Conflict(
+                    "this idempotency_key was already used for a different request",
+                    {"field": "idempotency_key", "request_id": original.id},
+                ) from None
+            return original
+        metrics.REQUESTS.labels(decision=verdict.decision.value).inc()
+        return record
+
+    # --- read ---------------------------------------------------------------------------------------
+
+    def get(self, principal: Principal, request_id: str) -> RequestRecord:
+        record = self.store.get(request_id)
+        if record is None or not self.may_read(principal, record):
+            # The same answer for "absent" and "not yours": ids are not an oracle.
+            raise NotFound(f"no request {request_id}")
+        return record
+
+    def may_read(self, principal: Principal, record: RequestRecord) -> bool:
+        if principal.id in (record.request.requester.id, record.request.on_behalf_of, record.executor):
+            return True
+        if Role.AUDITOR in principal.roles:
+            return True
+        route = record.verdict.route
+        groups = {g for r in route.requirements for g in r.groups} if route else set()
+        return principal.kind.value == "human" and bool(groups & principal.groups)
+
+    def list(
+        self,
+        principal: Principal,
+        *,
+        status: Status | None,
+        reviewable: bool,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[RequestRecord], str | None]:
+        if reviewable:
+            if principal.kind.value != "human":
+                return [], None
+            records, next_cursor = self.store.list_requests(
+                status=Status.PENDING, reviewable_groups=set(principal.groups), limit=limit, cursor=cursor
+            )
+            now = self.clock()
+            return [r for r in records if self.may_review(principal, r, now)], next_cursor
+        if Role.AUDITOR in principal.roles:
+            return self.store.list_requests(status=status, limit=limit, cursor=cursor)
+        if principal.kind.value == "human" and principal.groups:
+            return self.store.list_requests(
+                status=status, reviewable_groups=set(principal.groups), limit=limit, cursor=cursor
+            )
+        return self.store.list_requests(status=status, requester=principal.id, limit=limit, cursor=cursor)
+
+    def may_review(self, principal: Principal, record: RequestRecord, now: datetime) -> bool:
+        """Whether the queue should offer this request to `principal` (the workflow decides for real)."""
+        if record.status is not Status.PENDING or (record.expires_at and now >= record.expires_at):
+            return False
+        if principal.id in (record.request.requester.id, record.request.on_behalf_of):
+            return False
+        digest = params_digest(workflow.effective_params(record))
+        return not any(r.reviewer == principal.id and r.params_digest == digest for r in record.reviews)
+
+    def history(self, record: RequestRecord) -> list[dict[str, Any]]:
+        return [
+            {"seq": e.seq, "ts": e.ts, "type": e.type, "actor": e.actor, "payload": e.payload}
+            for e in self.store.events_for_request(record.id)
+        ]
+
+    # --- transitions --------------------------------------------------------------------------------
+
+    def review(
+        self,
+        principal: Principal,
+        request_id: str,
+        decision: ReviewDecision,
+        comment: str,
+        changes: dict[str, Any] | None,
+    ) -> RequestRecord:
+        """`changes` is a partial params object merged into the current params (editable fields only)."""
+
+        def step(record: RequestRecord, now: datetime) -> workflow.Transition:
+            edited = None if changes is None else merge_params(workflow.effective_params(record), changes)
+            return workflow.review(
+                record,
+                principal,
+                decision,
+                comment,
+                now,
+                edited_params=edited,
+                reevaluate=self.evaluate,
+                grant_id=new_grant_id(),
+            )
+
+        record = self._transition(principal, request_id, step)
+        metrics.REVIEWS.labels(decision=decision.value).inc()
+        return record
+
+    def cancel(self, principal: Principal, request_id: str, reason: str = "") -> RequestRecord:
+        return self._transition(principal, request_id, lambda r, now: workflow.cancel(r, principal, now, reason))
+
+    def consume(self, principal: Principal, token: str) -> Consumed:
+        now = self.clock()
+        try:
+            claims = verify_grant(
+                token,
+                self.keyring.public_key_map("grant"),
+                now=now,
+                audience=self.settings.grant_audience,
+            )
+        except GrantError as exc:
+            metrics.GRANTS.labels(outcome="invalid").inc()
+            raise Forbidden(f"grant refused: {exc}", {"field": "grant"}) from exc
+        presented = workflow.GrantPresentation(
+            grant_id=claims.jti,
+            request_id=claims.rid,
+            action=claims.act,
+            resource=claims.res,
+            params_digest=claims.pdg,
+        )
+
+        def step(record: RequestRecord, at: datetime) -> workflow.Transition:
+            return workflow.consume_grant(record, presented, principal, at)
+
+        try:
+            record = self._transition(principal, claims.rid, step, authorise=False)
+        except ServiceError:
+            metrics.GRANTS.labels(outcome="refused").inc()
+            raise
+        metrics.GRANTS.labels(outcome="consumed").inc()
+        params = record.approved_params if record.approved_params is not None else record.request.params
+        names = record.verdict.route.secrets if record.verdict.route else record.verdict.secrets
+        return Consumed(record=record, params=params, secrets=self._resolve_secrets(names))
+
+    def report_result(
+        self,
+        principal: Principal,
+        request_id: str,
+        succeeded: bool,
+        output_digest: str | None,
+        detail: str,
+    ) -> RequestRecord:
+        def step(record: RequestRecord, now: datetime) -> workflow.Transition:
+            return workflow.report_result(
+                record, principal, succeeded, now, output_digest=output_digest, detail=detail
+            )
+
+        return self._transition(principal, request_id, step)
+
+    def tick(self) -> int:
+        """Expire and escalate what is due. Safe on several replicas: the store locks what it processes."""
+        now = self.clock()
+
+        def handle(record: RequestRecord) -> workflow.Transition | None:
+            try:
+                return workflow.due_transition(record, now)
+            except workflow.NothingToDo:
+                return None
+
+        return self.store.process_due(now, handle)
+
+    def _transition(
+        self,
+        principal: Principal,
+        request_id: str,
+        step: Callable[[RequestRecord, datetime], workflow.Transition],
+        *,
+        authorise: bool = True,
+    ) -> RequestRecord:
+        for _ in range(_RETRIES):
+            record = self.store.get(request_id)
+            if record is None or (authorise and not self.may_read(principal, record)):
+                raise NotFound(f"no request {request_id}")
+            now = self.clock()
+            try:
+                transition = step(record, now)
+            except workflow.RequestExpired as exc:
+                self._expire_quietly(record, now)
+                raise Conflict(exc.message, {"code": exc.code}) from exc
+            except workflow.WorkflowError as exc:
+                status = Forbidden if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester) else Conflict
+                if isinstance(exc, workflow.EditRefused | workflow.ReasonRequired):
+                    raise ServiceError(exc.message, {"code": exc.code}) from exc
+                raise status(exc.message, {"code": exc.code}) from exc
+            try:
+                return self.store.apply(transition, expected_version=record.version)
+            except ConcurrentUpdate:
+                continue  # someone else moved the request: decide again on the fresh state
+        raise Unavailable(f"request {request_id} is changing too fast; try again")
+
+    def _expire_quietly(self, record: RequestRecord, now: datetime) -> None:
+        try:
+            self.store.apply(workflow.expire(record, now), expected_version=record.version)
+        except (workflow.WorkflowError, ConcurrentUpdate):
+            pass  # the timer or another replica got there first
+
+    # --- grants -------------------------------------------------------------------------------------
+
+    def grant_token(self, principal: Principal, record: RequestRecord) -> str | None:
+        """The signed grant, for the requester only, while it can still be consumed.
+
+        Tokens are minted on demand from the stored grant (same id, same expiry; Ed25519 signatures are
+        deterministic), so no bearer credential is ever stored in the database.
+        """
+        grant = record.grant
+        if (
+            principal.id != record.request.requester.id
+            or grant is None
+            or grant.consumed_at is not None
+            or not record.status.runnable
+        ):
+            return None
+        params = record.approved_params if record.approved_params is not None else record.request.params
+        issued = self.grant_issuer.issue(
+            record, grant.id, params, grant.issued_at, grant.expires_at - grant.issued_at
+        )
+        return issued.token
+
+    def _resolve_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for name in names:
+            spec = self.settings.secrets.get(name)
+            if spec is None:
+                raise Unavailable(f"the policy grants secret {name!r}, which the server does not configure")
+            if spec.env is not None:
+                value = os.environ.get(spec.env)
+            elif spec.file is not None:
+                value = spec.file.read_text(encoding="utf-8").rstrip("\n")
+            else:
+                value = None
+            if value is None:
+                raise Unavailable(f"secret {name!r} is configured but has no value")
+            values[name] = value
+        return values
+
+
+def merge_params(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge a reviewer's partial edit: objects merge key by key, any other value replaces."""
+    merged = dict(current)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def request_digest(request: ActionRequest) -> str:
+    document = {
+        "action": request.action,
+        "resource": request.resource,
+        "params": request.params,
+        "context": request.context,
+        "justification": request.justification,
+        "requester": request.requester.id,
+        "on_behalf_of": request.on_behalf_of,
+    }
+    return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def public_view(record: RequestRecord) -> dict[str, Any]:
+    """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out."""
+    request = record.request
+    verdict = record.verdict
+    route = verdict.route
+    redaction = route.redact if route else ()
+    visible = redact_document(
+        {
+            "params": request.params,
+            "context": request.context,
+            "approved_params": record.approved_params,
+        },
+        (*redaction, *(p.replace("params.", "approved_params.", 1) for p in redaction)),
+    )
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "action": request.action,
+        "resource": request.resource,
+        "params": visible["params"],
+        "approved_params": visible["approved_params"],
+        "justification": request.justification,
+        "context": visible["context"],
+        "requester": {"id": request.requester.id, "kind": request.requester.kind.value},
+        "on_behalf_of": request.on_behalf_of,
+        "idempotency_key": request.idempotency_key,
+        "verdict": {
+            "decision": verdict.decision.value,
+            "reason": verdict.reason,
+            "rules": [m.model_dump(mode="json") for m in verdict.rules],
+            "policy_revision": verdict.policy_revision,
+            "tier": route.tier if route else None,
+            "requirements": [r.model_dump(mode="json") for r in route.requirements] if route else [],
+            "editable": list(route.editable) if route else [],
+            "step_up": route.step_up if route else False,
+        },
+        "still_needed": workflow.outstanding(record),
+        "reviews": [
+            {
+                "reviewer": r.reviewer,
+                "decision": r.decision.value,
+                "comment": r.comment,
+                "params_digest": r.params_digest,
+                "edited": r.params is not None and r.params != request.params,
+                "at": r.at.isoformat(),
+            }
+            for r in record.reviews
+        ],
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        "grant_expires_at": record.grant.expires_at.isoformat() if record.grant else None,
+        "result": record.result,
+        "decided": record.status is not Status.PENDING,
+        "allowed_without_review": verdict.decision is Decision.ALLOW,
+    }
+
+
+def expires_in(record: RequestRecord, now: datetime) -> timedelta | None:
+    return record.expires_at - now if record.expires_at else None

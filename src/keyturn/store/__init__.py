@@ -1,0 +1,42 @@
+"""Persistence: SQLAlchemy 2 Core tables, Alembic migrations, SQLite (WAL) and PostgreSQL (psycopg 3).
+
+`Store` is the one entry point: it stores requests and their transitions, grants, ledger events and
+decision records, and carries the `ChangeFeed` that wakes waiters when a request changes. See
+docs/storage.md.
+"""
+
+from keyturn.store.api_keys import SqlApiKeyRepository
+from keyturn.store.errors import (
+    ConcurrentUpdate,
+    DuplicateIdempotencyKey,
+    InvalidCursor,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from keyturn.store.feed import ChangeFeed, PostgresChangeFeed, Subscription
+from keyturn.store.records import (
+    DecisionRecord,
+    StoredCheckpoint,
+    StoredEvent,
+    StoredLedgerKey,
+)
+from keyturn.store.store import Store
+
+__all__ = [
+    "ChangeFeed",
+    "ConcurrentUpdate",
+    "DecisionRecord",
+    "DuplicateIdempotencyKey",
+    "InvalidCursor",
+    "NotFound",
+    "PostgresChangeFeed",
+    "SqlApiKeyRepository",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredCheckpoint",
+    "StoredEvent",
+    "StoredLedgerKey",
+    "Subscription",
+]

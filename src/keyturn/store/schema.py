@@ -1,0 +1,175 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+The Alembic revisions in `migrations/versions/` create these tables; `tests/test_store_migrations.py`
+checks that the two never drift apart. JSON columns are plain text holding JSON we serialise ourselves,
+so the bytes are the same on SQLite and PostgreSQL (and `events.payload` is exactly the canonical JSON
+that was hashed into the ledger).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no timestamp type and SQLAlchemy stores naive text there; PostgreSQL's `timestamptz` answers
+    in the session time zone. Normalising to UTC on the way in and out makes values compare and sort the
+    same everywhere (`next_deadline <= now` is a text comparison on SQLite).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: keyturn stores aware UTC datetimes only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+ID = String(100)
+DIGEST = String(100)  # "sha256:<64 hex>"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("requester", Text, nullable=False),
+    Column("on_behalf_of", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("next_deadline", UtcDateTime, nullable=True, index=True),
+    Column("version", Integer, nullable=False),
+    Column("idempotency_key", Text, nullable=True),
+    Column("record", Text, nullable=False),  # RequestRecord JSON: the source of truth
+    Column("response", Text, nullable=True),  # the first submit answer, replayed for a repeated key
+    UniqueConstraint("requester", "idempotency_key"),
+    # Keyset pagination, newest first: all requests, one status (the review queue), one requester.
+    Index(None, "created_at", "id"),
+    Index(None, "status", "created_at", "id"),
+    Index(None, "requester", "created_at", "id"),
+)
+
+request_groups = Table(
+    "request_groups",
+    metadata,
+    Column("request_id", ID, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True),
+    Column("group", Text, primary_key=True),
+    Index(None, "group"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("request_id", ID, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("params_digest", DIGEST, nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("consumed_at", UtcDateTime, nullable=True),
+    Column("consumed_by", Text, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("type", String(50), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("request_id", ID, nullable=True, index=True),
+    Column("payload", Text, nullable=False),  # canonical JSON (RFC 8785), as hashed into the leaf
+    Column("leaf_hash", String(64), nullable=False),  # hex SHA-256(0x00 || leaf bytes)
+)
+
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("next_seq", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", String(64), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("key_name", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+ledger_keys = Table(
+    "ledger_keys",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("retired_at", UtcDateTime, nullable=True),
+)
+
+decision_records = Table(
+    "decision_records",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("request_id", ID, nullable=True, index=True),
+    Column("request_digest", DIGEST, nullable=False),
+    Column("decision", String(20), nullable=False),
+    Column("rules", Text, nullable=False),  # JSON list of rule names
+    Column("policy_revision", Text, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(100), primary_key=True),
+    Column("principal_id", Text, nullable=False, index=True),
+    Column("kind", String(20), nullable=False),
+    Column("groups", Text, nullable=False),  # JSON list
+    Column("secret_hash", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)

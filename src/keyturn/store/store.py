@@ -1,0 +1,609 @@
+"""`Store`: persistence of requests, grants, ledger events and decision records.
+
+Every write is one transaction. A transition (`keyturn.workflow.Transition`) is applied with a conditional
+update on the request's version, so of several callers that decided on the same state exactly one
+succeeds and the others get `ConcurrentUpdate` and decide again. The ledger events of a transition are
+appended in the same transaction, under a lock on the single `ledger_head` row, so sequence numbers are
+contiguous across replicas and the ledger can never disagree with the state.
+
+Lock order, the same in every transaction so none can deadlock: the request row first (insert, conditional
+update or `SELECT … FOR UPDATE`), then `ledger_head`, which is held only for the final inserts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from keyturn import workflow
+from keyturn.model import Event, EventType, RequestRecord, Status, canonical_json
+from keyturn.store import migrate
+from keyturn.store.engine import BEGIN_MODE, Backend, create, libpq_conninfo, normalise_url
+from keyturn.store.errors import (
+    ConcurrentUpdate,
+    DuplicateIdempotencyKey,
+    InvalidCursor,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from keyturn.store.feed import ChangeFeed, PostgresChangeFeed
+from keyturn.store.records import (
+    DecisionRecord,
+    StoredCheckpoint,
+    StoredEvent,
+    StoredLedgerKey,
+    leaf_bytes,
+    leaf_hash,
+)
+from keyturn.store.schema import (
+    checkpoints,
+    decision_records,
+    events,
+    grants,
+    ledger_head,
+    ledger_keys,
+    request_groups,
+    requests,
+)
+
+log = logging.getLogger("keyturn.store")
+
+DueHandler = Callable[[RequestRecord], workflow.Transition | None]
+
+
+@dataclass
+class _Write:
+    """An open write transaction and the requests it changed (to notify once it commits)."""
+
+    conn: Connection
+    changed: set[str] = field(default_factory=set)
+
+
+class Store:
+    def __init__(self, engine: Engine, backend: Backend, feed: ChangeFeed) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.feed = feed
+
+    @classmethod
+    def open(cls, url: str, **engine_options: Any) -> Store:
+        """`sqlite:///PATH` or `postgresql://…` (psycopg 3). Does not touch the schema: see `upgrade()`."""
+        parsed, backend = normalise_url(url)
+        engine = create(parsed, backend, **engine_options)
+        feed = PostgresChangeFeed(libpq_conninfo(parsed)) if backend == "postgresql" else ChangeFeed()
+        return cls(engine, backend, feed)
+
+    def upgrade(self) -> None:
+        """Migrate the schema to the newest revision (safe when several replicas start at once)."""
+        with self._unavailable_on_operational_error():
+            migrate.upgrade(self.engine, self.backend)
+
+    def close(self) -> None:
+        self.feed.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    def insert_request(
+        self,
+        transition: workflow.Transition,
+        decision: DecisionRecord,
+        response: dict[str, Any] | None = None,
+    ) -> RequestRecord:
+        """Store a new request with its groups, grant, events and decision record, all or nothing.
+
+        Raises `DuplicateIdempotencyKey` (writing nothing) when the requester already used its key.
+        """
+        record = transition.record
+        requester = record.request.requester.id
+        key = record.request.idempotency_key
+        try:
+            with self._write() as tx:
+                if key is not None:
+                    self._raise_if_key_used(tx.conn, requester, key)
+                tx.conn.execute(
+                    insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+                )
+                groups = _route_groups(record)
+                if groups:
+                    tx.conn.execute(
+                        insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
+                    )
+                self._save_grant(tx.conn, transition)
+                tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+                self._append_events(tx.conn, transition.events)
+                tx.changed.add(record.id)
+        except IntegrityError as exc:
+            # Two submits with one key raced (PostgreSQL): the later INSERT waited for the earlier commit
+            # and then hit the unique constraint. Answer it like the sequential case.
+            if key is not None:
+                with self._read() as conn:
+                    self._raise_if_key_used(conn, requester, key)
+            raise StoreError(f"request {record.id} could not be stored: {exc.orig}") from exc
+        return record
+
+    def apply(self, transition: workflow.Transition, expected_version: int) -> RequestRecord:
+        """Persist a transition of a stored request, if nobody changed it since `expected_version`.
+
+        Raises `ConcurrentUpdate` when the request moved on (or its grant was consumed) in the meantime,
+        `NotFound` when there is no such request. Either way nothing is written.
+        """
+        with self._write() as tx:
+            self._apply(tx, transition, expected_version)
+        return transition.record
+
+    def set_response(self, request_id: str, response: dict[str, Any]) -> None:
+        """Remember the first answer to a submit, replayed when the same idempotency key comes again."""
+        with self._write() as tx:
+            result = tx.conn.execute(
+                update(requests).where(requests.c.id == request_id).values(response=_dump(response))
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no request {request_id}")
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        with self._read() as conn:
+            stored_json = conn.execute(select(requests.c.record).where(requests.c.id == request_id)).scalar()
+        return None if stored_json is None else RequestRecord.model_validate_json(stored_json)
+
+    def get_response(self, request_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            stored_json = conn.execute(
+                select(requests.c.response).where(requests.c.id == request_id)
+            ).scalar()
+        return None if stored_json is None else _load_object(stored_json)
+
+    def list_requests(
+        self,
+        *,
+        status: Status | None = None,
+        requester: str | None = None,
+        reviewable_groups: set[str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[RequestRecord], str | None]:
+        """Newest first, `limit` at a time; pass the returned cursor back for the next page (None: no more).
+
+        `reviewable_groups` keeps the requests whose route names at least one of these groups. Keyset
+        pagination: a page never repeats or skips a request, however many arrive in between.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = select(requests.c.record, requests.c.created_at, requests.c.id)
+        if status is not None:
+            query = query.where(requests.c.status == Status(status).value)
+        if requester is not None:
+            query = query.where(requests.c.requester == requester)
+        if reviewable_groups is not None:
+            if not reviewable_groups:
+                return [], None
+            query = query.where(
+                exists().where(
+                    request_groups.c.request_id == requests.c.id,
+                    request_groups.c.group.in_(sorted(reviewable_groups)),
+                )
+            )
+        if cursor is not None:
+            after_created, after_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    requests.c.created_at < after_created,
+                    and_(requests.c.created_at == after_created, requests.c.id < after_id),
+                )
+            )
+        query = query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit + 1)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        page = rows[:limit]
+        records = [RequestRecord.model_validate_json(row.record) for row in page]
+        next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return records, next_cursor
+
+    def process_due(self, now: datetime, handle: DueHandler, limit: int = 100) -> int:
+        """Apply the timer transitions due at `now`; returns how many requests changed.
+
+        Each due request is handled in its own transaction holding its row (`FOR UPDATE SKIP LOCKED` on
+        PostgreSQL, the write lock on SQLite) and re-checked there, so several replicas sweeping at once
+        never handle one request twice. `handle` runs inside that transaction: keep it pure and quick
+        (`keyturn.workflow.due_transition`). It returns None when there is nothing to do.
+        """
+        with self._read() as conn:
+            due = (
+                conn.execute(
+                    select(requests.c.id)
+                    .where(requests.c.next_deadline <= now)
+                    .order_by(requests.c.next_deadline)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        changed = 0
+        for request_id in due:
+            try:
+                changed += self._process_one_due(request_id, now, handle)
+            except StoreUnavailable:
+                raise  # the database is gone: the next sweep will try again
+            except ConcurrentUpdate:
+                continue  # its grant moved under us; it is someone else's change to finish
+            except Exception:
+                # One bad request must not stop the sweep for all the others; it stays due and untouched.
+                log.exception("timer transition of request %s failed", request_id)
+        return changed
+
+    def _process_one_due(self, request_id: str, now: datetime, handle: DueHandler) -> int:
+        with self._write() as tx:
+            query = select(requests.c.record).where(
+                requests.c.id == request_id, requests.c.next_deadline <= now
+            )
+            if self.backend == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            stored_json = tx.conn.execute(query).scalar()
+            if stored_json is None:
+                return 0  # another replica has it, or it is no longer due
+            record = RequestRecord.model_validate_json(stored_json)
+            transition = handle(record)
+            if transition is None:
+                # Store the deadline the workflow computes now, so a stale one is not picked up forever.
+                tx.conn.execute(
+                    update(requests)
+                    .where(requests.c.id == request_id)
+                    .values(next_deadline=workflow.next_deadline(record))
+                )
+                return 0
+            self._apply(tx, transition, record.version)
+            return 1
+
+    def events_for_request(self, request_id: str) -> list[StoredEvent]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.request_id == request_id).order_by(events.c.seq)
+            ).all()
+        return [_stored_event(row) for row in rows]
+
+    # --- decision records ---------------------------------------------------------------------------
+
+    def record_decision(self, decision: DecisionRecord) -> None:
+        """A policy evaluation that is not part of a submit (e.g. a re-check when a grant is consumed)."""
+        with self._write() as tx:
+            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+
+    def decisions(self, *, request_id: str | None = None, limit: int = 100) -> list[DecisionRecord]:
+        query = select(decision_records).order_by(decision_records.c.ts, decision_records.c.id).limit(limit)
+        if request_id is not None:
+            query = query.where(decision_records.c.request_id == request_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            DecisionRecord(
+                id=row.id,
+                ts=row.ts,
+                request_id=row.request_id,
+                request_digest=row.request_digest,
+                decision=row.decision,
+                rules=tuple(json.loads(row.rules)),
+                policy_revision=row.policy_revision,
+            )
+            for row in rows
+        ]
+
+    # --- ledger -------------------------------------------------------------------------------------
+
+    def events(self, after_seq: int = -1, limit: int = 1000) -> list[StoredEvent]:
+        """Events with `seq > after_seq`, in order, at most `limit`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+            ).all()
+        return [_stored_event(row) for row in rows]
+
+    def leaf_hashes(self, after_seq: int = -1, limit: int = 100_000) -> list[bytes]:
+        """The stored leaf hashes of the events with `seq > after_seq`, in order: what a Merkle tree needs,
+        without parsing payloads."""
+        with self._read() as conn:
+            hashes = conn.execute(
+                select(events.c.leaf_hash).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+            ).scalars()
+            return [bytes.fromhex(h) for h in hashes]
+
+    def head_seq(self) -> int:
+        """The seq of the newest event; -1 while the ledger is empty. The tree size is `head_seq() + 1`."""
+        with self._read() as conn:
+            next_seq: int = conn.execute(
+                select(ledger_head.c.next_seq).where(ledger_head.c.id == 1)
+            ).scalar_one()
+        return next_seq - 1
+
+    def add_checkpoint(
+        self, size: int, root_hash: str, note: str, key_name: str, created_at: datetime
+    ) -> bool:
+        """False when a checkpoint of this size exists already (another replica signed it first)."""
+        try:
+            with self._write() as tx:
+                tx.conn.execute(
+                    insert(checkpoints).values(
+                        size=size, root_hash=root_hash, note=note, key_name=key_name, created_at=created_at
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        with self._read() as conn:
+            rows = conn.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
+        return [
+            StoredCheckpoint(
+                size=row.size,
+                root_hash=row.root_hash,
+                note=row.note,
+                key_name=row.key_name,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    def add_ledger_key(self, name: str, public_key: str, created_at: datetime) -> None:
+        try:
+            with self._write() as tx:
+                tx.conn.execute(
+                    insert(ledger_keys).values(name=name, public_key=public_key, created_at=created_at)
+                )
+        except IntegrityError as exc:
+            raise StoreError(f"a ledger key named {name!r} exists already") from exc
+
+    def retire_ledger_key(self, name: str, retired_at: datetime) -> bool:
+        """False when there is no such key or it was retired already."""
+        with self._write() as tx:
+            result = tx.conn.execute(
+                update(ledger_keys)
+                .where(ledger_keys.c.name == name, ledger_keys.c.retired_at.is_(None))
+                .values(retired_at=retired_at)
+            )
+        return result.rowcount == 1
+
+    def ledger_keys(self) -> list[StoredLedgerKey]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(ledger_keys).order_by(ledger_keys.c.created_at, ledger_keys.c.name)
+            ).all()
+        return [
+            StoredLedgerKey(
+                name=row.name, public_key=row.public_key, created_at=row.created_at, retired_at=row.retired_at
+            )
+            for row in rows
+        ]
+
+    # --- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[_Write]:
+        """One write transaction; the change feed hears about it only once it has committed."""
+        with self._unavailable_on_operational_error(), self.engine.connect() as conn:
+            if self.backend == "sqlite":
+                conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
+            with conn.begin():
+                tx = _Write(conn)
+                yield tx
+                if tx.changed:
+                    self.feed.before_commit(conn, tx.changed)
+        if tx.changed:
+            self.feed.after_commit(tx.changed)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._unavailable_on_operational_error(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _unavailable_on_operational_error(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreUnavailable(f"the database is unavailable: {exc.orig}") from exc
+
+    # --- the pieces of a transition -----------------------------------------------------------------
+
+    def _apply(self, tx: _Write, transition: workflow.Transition, expected_version: int) -> None:
+        record = transition.record
+        if record.version <= expected_version:
+            raise StoreError(
+                f"a transition of {record.id} must move past version {expected_version}, "
+                f"not to {record.version}"
+            )
+        columns = _request_columns(record)
+        for immutable in ("id", "action", "resource", "requester", "idempotency_key", "created_at"):
+            del columns[immutable]
+        result = tx.conn.execute(
+            update(requests)
+            .where(requests.c.id == record.id, requests.c.version == expected_version)
+            .values(**columns)
+        )
+        if result.rowcount == 0:
+            current = tx.conn.execute(select(requests.c.version).where(requests.c.id == record.id)).scalar()
+            if current is None:
+                raise NotFound(f"no request {record.id}")
+            raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
+        self._save_grant(tx.conn, transition)
+        self._append_events(tx.conn, transition.events)
+        tx.changed.add(record.id)
+
+    def _save_grant(self, conn: Connection, transition: workflow.Transition) -> None:
+        record = transition.record
+        grant = record.grant
+        if grant is None:
+            return
+        consumed_by = record.executor if grant.consumed_at is not None else None
+        stored = conn.execute(select(grants.c.consumed_at).where(grants.c.id == grant.id)).first()
+        if stored is None:  # issued by this transition
+            conn.execute(
+                insert(grants).values(
+                    id=grant.id,
+                    request_id=record.id,
+                    params_digest=grant.params_digest,
+                    issued_at=grant.issued_at,
+                    expires_at=grant.expires_at,
+                    consumed_at=grant.consumed_at,
+                    consumed_by=consumed_by,
+                )
+            )
+            return
+        consumes = any(e.type is EventType.GRANT_CONSUMED for e in transition.events)
+        if grant.consumed_at is None or (stored.consumed_at is not None and not consumes):
+            return  # nothing new about this grant (e.g. a result reported after it was consumed)
+        # The version check already makes this exactly-once; the grant row guards it a second time, so a
+        # grant can never be consumed twice even by a write that bypassed the request's version.
+        result = conn.execute(
+            update(grants)
+            .where(grants.c.id == grant.id, grants.c.consumed_at.is_(None))
+            .values(consumed_at=grant.consumed_at, consumed_by=consumed_by)
+        )
+        if result.rowcount == 0:
+            raise ConcurrentUpdate(f"grant {grant.id} was already consumed")
+
+    def _append_events(self, conn: Connection, new_events: tuple[Event, ...]) -> None:
+        if not new_events:
+            return
+        # The row lock serialises appenders across connections and replicas: no gaps, no forks.
+        first_seq: int = conn.execute(
+            select(ledger_head.c.next_seq).where(ledger_head.c.id == 1).with_for_update()
+        ).scalar_one()
+        rows = []
+        for seq, event in enumerate(new_events, start=first_seq):
+            leaf = leaf_bytes(seq, event.ts, event.type.value, event.actor, event.request_id, event.payload)
+            rows.append(
+                {
+                    "seq": seq,
+                    "ts": event.ts,
+                    "type": event.type.value,
+                    "actor": event.actor,
+                    "request_id": event.request_id,
+                    "payload": canonical_json(event.payload).decode(),
+                    "leaf_hash": leaf_hash(leaf).hex(),
+                }
+            )
+        conn.execute(insert(events), rows)
+        conn.execute(update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=first_seq + len(rows)))
+
+    def _raise_if_key_used(self, conn: Connection, requester: str, key: str) -> None:
+        row = conn.execute(
+            select(requests.c.record, requests.c.response).where(
+                requests.c.requester == requester, requests.c.idempotency_key == key
+            )
+        ).first()
+        if row is not None:
+            raise DuplicateIdempotencyKey(
+                RequestRecord.model_validate_json(row.record),
+                None if row.response is None else _load_object(row.response),
+            )
+
+
+# --- row mapping --------------------------------------------------------------------------------------
+
+
+def _request_columns(record: RequestRecord) -> dict[str, Any]:
+    request = record.request
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "action": request.action,
+        "resource": request.resource,
+        "requester": request.requester.id,
+        "on_behalf_of": request.on_behalf_of,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "expires_at": record.expires_at,
+        "next_deadline": workflow.next_deadline(record),
+        "version": record.version,
+        "idempotency_key": request.idempotency_key,
+        "record": record.model_dump_json(),
+    }
+
+
+def _route_groups(record: RequestRecord) -> list[str]:
+    """The groups a request's route names. Kept for the request's whole life: routes never change, and
+    approvers may list the requests of their groups after they are decided too."""
+    route = record.verdict.route
+    if route is None:
+        return []
+    return sorted({group for requirement in route.requirements for group in requirement.groups})
+
+
+def _decision_columns(decision: DecisionRecord) -> dict[str, Any]:
+    return {
+        "id": decision.id,
+        "ts": decision.ts,
+        "request_id": decision.request_id,
+        "request_digest": decision.request_digest,
+        "decision": decision.decision,
+        "rules": json.dumps(list(decision.rules)),
+        "policy_revision": decision.policy_revision,
+    }
+
+
+def _stored_event(row: Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=row.seq,
+        ts=row.ts,
+        type=row.type,
+        actor=row.actor,
+        request_id=row.request_id,
+        payload=_load_object(row.payload),
+        leaf_hash=row.leaf_hash,
+    )
+
+
+def _dump(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dump_optional(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else _dump(value)
+
+
+def _load_object(stored_json: str) -> dict[str, Any]:
+    value = json.loads(stored_json)
+    if not isinstance(value, dict):
+        raise StoreError("a stored JSON object is not an object")
+    return value
+
+
+def _encode_cursor(created_at: datetime, request_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{request_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, request_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(created)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursor(f"not a cursor from this server: {cursor!r}") from exc
+    if created_at.tzinfo is None or not request_id:
+        raise InvalidCursor(f"not a cursor from this server: {cursor!r}")
+    return created_at, request_id

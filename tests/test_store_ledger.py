@@ -1,0 +1,85 @@
+"""The ledger tables: exact leaf bytes and hashes, event paging, checkpoints and ledger keys."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import pytest
+
+from keyturn import workflow
+from keyturn.store import Store, StoreError
+from keyturn.store.records import encode_ts, leaf_bytes
+
+if TYPE_CHECKING:
+    from conftest import RequestFactory
+
+
+def test_leaf_bytes_are_canonical_json_with_microsecond_utc_timestamps() -> None:
+    at = datetime(2030, 1, 7, 11, 0, 1, 5, tzinfo=timezone(timedelta(hours=2)))
+    leaf = leaf_bytes(7, at, "request.cancelled", "agent:a", "req_1", {"reason": "é", "b": 1.0, "a": None})
+    assert leaf == (
+        b'{"actor":"agent:a","payload":{"a":null,"b":1,"reason":"\xc3\xa9"},"request_id":"req_1",'
+        b'"seq":7,"ts":"2030-01-07T09:00:01.000005Z","type":"request.cancelled"}'
+    )
+    assert encode_ts(datetime(2030, 1, 7, tzinfo=UTC)) == "2030-01-07T00:00:00.000000Z"
+    with pytest.raises(ValueError):
+        encode_ts(datetime(2030, 1, 7))
+
+
+def test_stored_events_carry_their_leaf_hash(store: Store, factory: RequestFactory) -> None:
+    submitted = factory.submit(factory.allow_verdict())
+    store.insert_request(submitted, factory.decision(submitted), None)
+    stored = store.events()
+    assert [e.type for e in stored] == [e.type.value for e in submitted.events]
+    for event, original in zip(stored, submitted.events, strict=True):
+        assert (event.ts, event.actor, event.request_id, event.payload) == (
+            original.ts,
+            original.actor,
+            original.request_id,
+            original.payload,
+        )
+        expected = leaf_bytes(
+            event.seq, original.ts, original.type.value, original.actor, original.request_id, original.payload
+        )
+        assert event.leaf_bytes() == expected
+        assert event.leaf_hash == hashlib.sha256(b"\x00" + expected).hexdigest()
+
+
+def test_events_page_by_seq(store: Store, factory: RequestFactory) -> None:
+    records = [factory.insert(store) for _ in range(5)]  # two events each
+    store.apply(workflow.cancel(records[0], factory.agent, factory.tick()), records[0].version)
+    assert store.head_seq() == 10
+    assert [e.seq for e in store.events(limit=4)] == [0, 1, 2, 3]
+    assert [e.seq for e in store.events(after_seq=3, limit=4)] == [4, 5, 6, 7]
+    assert [e.seq for e in store.events(after_seq=7)] == [8, 9, 10]
+    assert store.events(after_seq=10) == []
+    assert store.leaf_hashes(after_seq=7) == [bytes.fromhex(e.leaf_hash) for e in store.events(after_seq=7)]
+    assert len(store.leaf_hashes()) == 11 and len(store.leaf_hashes(limit=3)) == 3
+    assert [e.seq for e in store.events_for_request(records[0].id)] == [0, 1, 10]
+    assert store.events_for_request("req_other") == []
+
+
+def test_checkpoints(store: Store, factory: RequestFactory) -> None:
+    assert store.checkpoints() == []
+    assert store.add_checkpoint(10, "ab" * 32, "note 10", "ledger-1", factory.now)
+    assert store.add_checkpoint(2, "cd" * 32, "note 2", "ledger-1", factory.tick())
+    assert not store.add_checkpoint(10, "ef" * 32, "another replica's", "ledger-2", factory.tick())
+    sizes = [(c.size, c.root_hash, c.note, c.key_name) for c in store.checkpoints()]
+    assert sizes == [(2, "cd" * 32, "note 2", "ledger-1"), (10, "ab" * 32, "note 10", "ledger-1")]
+    assert store.checkpoints()[1].created_at == datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+
+
+def test_ledger_keys(store: Store, factory: RequestFactory) -> None:
+    store.add_ledger_key("ledger-1", "MCowBQYDK2VwAyEA…", factory.now)
+    store.add_ledger_key("ledger-2", "MCowBQYDK2VwAyEB…", factory.tick())
+    with pytest.raises(StoreError):
+        store.add_ledger_key("ledger-1", "other", factory.tick())
+    assert store.retire_ledger_key("ledger-1", factory.tick())
+    assert not store.retire_ledger_key("ledger-1", factory.tick())  # retired once, at the first time
+    assert not store.retire_ledger_key("nope", factory.tick())
+    keys = {k.name: k for k in store.ledger_keys()}
+    assert keys["ledger-1"].public_key == "MCowBQYDK2VwAyEA…"
+    assert keys["ledger-1"].retired_at == datetime(2030, 1, 7, 9, 0, 3, tzinfo=UTC)
+    assert keys["ledger-2"].retired_at is None

@@ -1,0 +1,105 @@
+"""Migrations and connection setup: Alembic on an empty database, idempotent, concurrent, and in step with
+the table definitions the store queries."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+from keyturn.store import Store, StoreError
+from keyturn.store.engine import normalise_url
+from keyturn.store.migrate import current_revision, head_revision
+from keyturn.store.schema import ledger_head, metadata
+
+if TYPE_CHECKING:
+    from conftest import RequestFactory
+
+TABLES = {
+    "requests",
+    "request_groups",
+    "grants",
+    "events",
+    "ledger_head",
+    "checkpoints",
+    "ledger_keys",
+    "decision_records",
+    "api_keys",
+    "alembic_version",
+}
+
+
+def test_upgrade_creates_the_schema_on_an_empty_database(database_url: str) -> None:
+    with Store.open(database_url) as store:
+        assert current_revision(store.engine) is None
+        assert set(inspect(store.engine).get_table_names()) == set()
+        store.upgrade()
+        assert current_revision(store.engine) == head_revision() == "0001_initial"
+        assert set(inspect(store.engine).get_table_names()) == TABLES
+        with store.engine.connect() as conn:
+            assert conn.execute(select(ledger_head)).all() == [(1, 0)]
+            if store.backend == "postgresql":  # in the test's own schema, via search_path
+                assert conn.execute(text("SELECT current_schema()")).scalar_one().startswith("kt_")
+        assert store.head_seq() == -1
+
+
+def test_upgrade_is_idempotent_and_keeps_data(store: Store, factory: RequestFactory) -> None:
+    record = factory.insert(store)
+    store.upgrade()
+    store.upgrade()
+    assert store.get(record.id) == record and store.head_seq() == 1
+    with store.engine.connect() as conn:
+        assert conn.execute(select(ledger_head)).all() == [(1, 2)]
+
+
+def test_migrations_match_the_table_definitions(store: Store) -> None:
+    with store.engine.connect() as conn:
+        differences = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+        )
+    assert differences == []
+
+
+def test_replicas_upgrading_at_once_all_succeed(database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    replicas = [Store.open(database_url) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(Store.upgrade, replicas))
+        assert current_revision(replicas[0].engine) == head_revision()
+        with replicas[0].engine.connect() as conn:
+            assert conn.execute(select(ledger_head)).all() == [(1, 0)]
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path: object) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://u@db.example:5432/keyturn", "postgresql+psycopg"),
+        ("postgres://u:p@db.example/keyturn", "postgresql+psycopg"),
+        ("sqlite:///keyturn.db", "sqlite"),
+    ],
+)
+def test_urls_are_normalised(url: str, driver: str) -> None:
+    parsed, _ = normalise_url(url)
+    assert parsed.drivername == driver
+    assert parsed.host == (None if driver == "sqlite" else "db.example")
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url"])
+def test_unsupported_urls_are_refused(url: str) -> None:
+    with pytest.raises(StoreError):
+        Store.open(url)
