@@ -171,3 +171,31 @@ class RequestFactory:
 @pytest.fixture
 def factory() -> RequestFactory:
     return RequestFactory()
+
+
+# --- live servers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_servers(tmp_path: Path) -> Iterator[Any]:
+    """`live_servers(**kwargs)` starts a real `keyturn serve` (see start_server); all stop at the end."""
+    from support.live import LiveServer, start_server
+
+    started: list[LiveServer] = []
+
+    def start(**kwargs: Any) -> LiveServer:
+        server = start_server(tmp_path / f"server{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def live_server(live_servers: Any) -> Any:
+    """One real `keyturn serve` on SQLite with the default test policy, users and agents (support/live.py)."""
+    return live_servers()
