@@ -20,8 +20,10 @@ from rich.live import Live
 from rich.table import Table
 
 from keyturn.client import ApiError, Client, default_url
-from keyturn.commands import db, keys, policy
+from keyturn.commands import db, exec_, keys, policy, users
+from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
+from keyturn.commands import mcp as mcp_commands
 
 app = typer.Typer(
     name="keyturn",
@@ -32,7 +34,13 @@ app = typer.Typer(
 app.add_typer(policy.app, name="policy", help="Check, explain and test policies.")
 app.add_typer(db.app, name="db", help="Database schema.")
 app.add_typer(keys.app, name="keys", help="Agent API keys.")
+app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
+app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code` (Claude Code PreToolUse).")
+app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
+    mcp_commands.mcp_proxy
+)
+app.command("exec", context_settings=exec_.CONTEXT, help=exec_.HELP)(exec_.run)
 
 console = Console()
 errors = Console(stderr=True)

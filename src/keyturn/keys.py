@@ -245,8 +245,9 @@ def _write_new_key(directory: Path, purpose: str) -> SigningKey:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    header = f"# keyturn {purpose} signing key {kid}\n{_CREATED_PREFIX}{created.isoformat()}\n".encode("ascii")
-    tmp = _write_temp(directory, header + pem, 0o600)
+    header = f"# keyturn {purpose} signing key {kid}\n{_CREATED_PREFIX}{created.isoformat()}\n"
+    content = header.encode("ascii") + pem
+    tmp = _write_temp(directory, content, 0o600)
     try:
         os.link(tmp, directory / f"{kid}.pem")
     finally:

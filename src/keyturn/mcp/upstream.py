@@ -84,12 +84,17 @@ async def connect(
                 if shutil.which(upstream.command) is None:
                     raise UpstreamError(f"upstream command not found: {upstream.command!r}")
                 parameters = StdioServerParameters(
-                    command=upstream.command, args=list(upstream.args), env=dict(upstream.env), cwd=upstream.cwd
+                    command=upstream.command,
+                    args=list(upstream.args),
+                    env=dict(upstream.env),
+                    cwd=upstream.cwd,
                 )
                 read, write = await stack.enter_async_context(stdio_client(parameters, errlog=errlog))
             else:
                 http = await stack.enter_async_context(create_mcp_http_client(headers=dict(upstream.headers)))
-                read, write = await stack.enter_async_context(streamable_http_client(upstream.url, http_client=http))
+                read, write = await stack.enter_async_context(
+                    streamable_http_client(upstream.url, http_client=http)
+                )
             session = await stack.enter_async_context(
                 ClientSession(read, write, message_handler=message_handler, client_info=CLIENT_INFO)
             )
@@ -97,7 +102,9 @@ async def connect(
         except UpstreamError:
             raise
         except Exception as exc:  # whatever the transport raises, the operator needs one clear line
-            raise UpstreamError(f"cannot start the upstream MCP server {upstream.describe()}: {_explain(exc)}") from exc
+            raise UpstreamError(
+                f"cannot start the upstream MCP server {upstream.describe()}: {_explain(exc)}"
+            ) from exc
         yield session
 
 

@@ -20,7 +20,9 @@ VARIABLES = frozenset({"action", "resource", "params", "requester", "on_behalf_o
 
 _ERROR_AT = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*)")
 # Identifiers bound by macros (`list.exists(x, ...)`) are reported as variables by `Program.variables()`.
-_MACRO_BINDER = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter|transformList|transformMap)\s*\(\s*(\w+)")
+_MACRO_BINDER = re.compile(
+    r"\.\s*(?:all|exists|exists_one|map|filter|transformList|transformMap)\s*\(\s*(\w+)"
+)
 
 
 class CelCompileError(Exception):
@@ -99,5 +101,5 @@ def _locate(source: str, name: str) -> tuple[int, int]:
 def _eval_message(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"no such key: {exc.args[0] if exc.args else exc}"
-    text = str(exc).split(". ", 1)[0].strip() or exc.__class__.__name__
-    return text if text.endswith(".") else text
+    # the extension's messages are a first sentence plus generic advice: keep the first sentence
+    return str(exc).split(". ", 1)[0].strip() or exc.__class__.__name__

@@ -57,7 +57,9 @@ def read_text(path: Path) -> tuple[str, bytes]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise PolicyError([Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror or exc}")]) from None
+        raise PolicyError(
+            [Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror or exc}")]
+        ) from None
     try:
         return raw.decode("utf-8"), raw
     except UnicodeDecodeError as exc:
@@ -96,8 +98,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: Docum
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | bool | float) or key is None:
-                raise _marked(key_node, "a mapping key must be a plain scalar")
+            if not isinstance(key, str):
+                # YAML 1.1 turns `on:`/`yes:` into booleans; a policy key is always a string
+                raise _marked(key_node, f"a mapping key must be a string, got {key!r} (quote it)")
             if key in out:
                 first = doc.keys[(*path, key)]
                 raise _marked(key_node, f"duplicate key {key!r} (first given at line {first.line})")
@@ -128,13 +131,13 @@ def scalar_offset(doc: Document, path: PathKey, line: int, column: int) -> Posit
     """
     start = doc.where(path)
     if start.style in ("|", ">"):
-        file_line = start.line + line
+        # the block's content starts on the next line, indented like its first line
         lines = doc.text.splitlines()
         indent = 0
-        if 0 < file_line <= len(lines):
-            text = lines[file_line - 1]
-            indent = len(text) - len(text.lstrip(" "))
-        return Position(file_line, indent + column)
+        if start.line < len(lines):
+            first = lines[start.line]
+            indent = len(first) - len(first.lstrip(" "))
+        return Position(start.line + line, indent + column)
     quote = 1 if start.style in ("'", '"') else 0
     if line == 1:
         return Position(start.line, start.column + quote + column - 1)

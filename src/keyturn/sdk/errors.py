@@ -36,7 +36,7 @@ class Unreachable(KeyturnError):
 
 
 class ApprovalTimeout(KeyturnError):
-    """No decision within the gate's `timeout`. The request was cancelled (best effort) so it cannot run later."""
+    """No decision within the gate's `timeout`; `request()` and `guard` cancel the request (best effort)."""
 
     def __init__(self, message: str, request_id: str, view: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -45,7 +45,7 @@ class ApprovalTimeout(KeyturnError):
 
 
 class NotRunnable(KeyturnError):
-    """The request is in a state that cannot run here (already executing or finished, e.g. an idempotent replay)."""
+    """The request cannot run here: already executing or finished (an idempotent replay), or no grant."""
 
     def __init__(self, message: str, request_id: str, status: str) -> None:
         super().__init__(message)
@@ -92,7 +92,10 @@ class Denied(KeyturnError):
         return self.text
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the keyword-only arguments
-        return (_rebuild_denied, (self.request_id, self.status, self.reason, self.reviewer, self.comment, self.text))
+        return (
+            _rebuild_denied,
+            (self.request_id, self.status, self.reason, self.reviewer, self.comment, self.text),
+        )
 
 
 def _rebuild_denied(

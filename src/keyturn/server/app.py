@@ -15,9 +15,10 @@ from keyturn import __version__, metrics
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
 from keyturn.keys import KeyRing
+from keyturn.ledger.checkpointer import running_checkpointer
 from keyturn.policy import PolicyHolder
 from keyturn.server import errors
-from keyturn.server.api import actions, grants, system
+from keyturn.server.api import actions, grants, ledger, system
 from keyturn.service import Keyturn
 from keyturn.store import Store
 
@@ -37,7 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            yield
+            async with running_checkpointer(app.state, settings, store, keyring):
+                yield
         finally:
             timers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -55,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(actions.router)
     app.include_router(grants.router)
     app.include_router(system.router)
+    app.include_router(ledger.router)
     return app
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
+from fastapi.encoders import jsonable_encoder
 from sse_starlette.sse import EventSourceResponse
 
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
@@ -109,7 +110,7 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
                 if record.version != last_version:
                     last_version = record.version
                     view = await to_thread.run_sync(lambda: render(svc, who, record, history=True))
-                    yield {"event": "state", "id": str(record.version), "data": json.dumps(view)}
+                    yield {"event": "state", "id": str(record.version), "data": json.dumps(jsonable_encoder(view))}
                     if record.status.terminal:
                         return
                 await changes.wait(15.0)

@@ -1,0 +1,344 @@
+"""`keyturn ledger …`: verify, export, prove, check-proof, report.
+
+`verify` and `check-proof` need no server and no configuration: `--bundle DIR` (an export) or
+`--database URL` is all they read. The others read the same configuration as `keyturn serve`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from keyturn.ledger.note import NoteError, VerifierKey
+from keyturn.ledger.verify import CheckpointSource, LeafEntry, VerifyResult
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from keyturn.store import Store
+
+app = typer.Typer(no_args_is_help=True)
+
+BundleOption = Annotated[Path | None, typer.Option("--bundle", help="an exported bundle directory")]
+UrlOption = Annotated[str | None, typer.Option("--database", help="sqlite:///PATH or postgresql://…")]
+CheckpointFiles = Annotated[
+    list[Path] | None, typer.Option("--checkpoint", help="a checkpoint kept elsewhere (repeatable)")
+]
+KeyOption = Annotated[
+    list[str] | None, typer.Option("--key", help="trusted verifier key name+hash+base64 (repeatable)")
+]
+ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
+
+
+def _die(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _trusted(keys: list[str] | None) -> list[VerifierKey]:
+    try:
+        return [VerifierKey.parse(k) for k in keys or []]
+    except NoteError as exc:
+        raise _die(f"--key: {exc}") from exc
+
+
+def _external(files: list[Path] | None) -> list[CheckpointSource]:
+    sources = []
+    for path in files or []:
+        try:
+            sources.append(CheckpointSource(path.read_text(encoding="utf-8"), str(path), external=True))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _die(f"--checkpoint {path}: {exc}") from exc
+    return sources
+
+
+def _open_store(url: str) -> Store:
+    from keyturn.store import Store, StoreError
+
+    try:
+        store = Store.open(url)
+        store.head_seq()
+    except (StoreError, ValueError) as exc:
+        raise _die(f"--database: {exc}") from exc
+    except Exception as exc:  # e.g. no tables: not a keyturn database
+        raise _die(
+            f"--database {url.split('@')[-1]}: not a keyturn database ({exc.__class__.__name__})"
+        ) from exc
+    return store
+
+
+def store_entries(store: Store, page: int = 5000) -> Iterator[LeafEntry]:
+    after = -1
+    while True:
+        batch = store.events(after_seq=after, limit=page)
+        for event in batch:
+            yield LeafEntry(
+                event.leaf_bytes(), bytes.fromhex(event.leaf_hash), f"database event seq {event.seq}"
+            )
+        if len(batch) < page:
+            return
+        after = batch[-1].seq
+
+
+def verify_store(
+    store: Store, external: list[CheckpointSource], trusted: list[VerifierKey], origin: str | None = None
+) -> VerifyResult:
+    from keyturn.ledger.verify import Problem, verify_log
+
+    try:
+        keys = trusted or [VerifierKey.parse(k.public_key) for k in store.ledger_keys()]
+    except NoteError as exc:
+        return VerifyResult(origin=origin, problem=Problem("bad_key", f"ledger_keys: {exc}"))
+    internal = [CheckpointSource(c.note, f"database checkpoint {c.size}") for c in store.checkpoints()]
+    return verify_log(
+        store_entries(store), [*internal, *external], keys, origin=origin, pinned_keys=bool(trusted)
+    )
+
+
+@app.command()
+def verify(
+    database: UrlOption = None,
+    bundle: BundleOption = None,
+    checkpoint: CheckpointFiles = None,
+    key: KeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Recompute the tree, check every checkpoint signature and consistency with checkpoints kept elsewhere.
+
+    Prints one OK line with counts, or the first bad event or checkpoint and what is wrong (exit 1).
+    """
+    from keyturn.ledger.bundle import BundleError, verify_bundle
+
+    if (database is None) == (bundle is None):
+        raise _die("give exactly one of --database URL or --bundle DIR")
+    trusted, external = _trusted(key), _external(checkpoint)
+    if bundle is not None:
+        try:
+            result = verify_bundle(bundle, external, trusted)
+        except BundleError as exc:
+            raise _die(str(exc)) from exc
+    else:
+        assert database is not None
+        store = _open_store(database)
+        try:
+            result = verify_store(store, external, trusted)
+        finally:
+            store.close()
+    typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.summary())
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _seq_or_time(value: str | None, option: str) -> int | datetime | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    return _when(value, option)
+
+
+def _when(value: str, option: str, end: bool = False) -> datetime:
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _die(
+            f"{option}: expected a seq number, a date (2030-01-31) or an ISO time, not {value!r}"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _seq_at(store: Store, moment: datetime, first_after: bool) -> int:
+    """The first seq at or after `moment` (first_after) or the last before or at it."""
+    after, found = -1, -1
+    while True:
+        batch = store.events(after_seq=after, limit=5000)
+        for event in batch:
+            if event.ts >= moment if first_after else event.ts > moment:
+                return event.seq if first_after else found
+            found = event.seq
+        if len(batch) < 5000:
+            return found + 1 if first_after else found
+        after = batch[-1].seq
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="bundle directory to write")],
+    from_: Annotated[str | None, typer.Option("--from", help="first seq or date (default: 0)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="last seq or date (default: newest)")] = None,
+    config: ConfigOption = None,
+    database: UrlOption = None,
+) -> None:
+    """Write a self-contained bundle: events JSONL, signed checkpoints, public keys, a manifest."""
+    from keyturn.commands._common import settings
+    from keyturn.ledger.bundle import export_store
+
+    configured = settings(config, database)
+    store = _open_store(configured.database)
+    try:
+        start, end = _seq_or_time(from_, "--from"), _seq_or_time(to, "--to")
+        from_seq = _seq_at(store, start, True) if isinstance(start, datetime) else (start or 0)
+        to_seq = _seq_at(store, end, False) if isinstance(end, datetime) else end
+        try:
+            manifest = export_store(
+                store, out, origin=configured.ledger.origin, from_seq=from_seq, to_seq=to_seq
+            )
+        except ValueError as exc:
+            raise _die(str(exc)) from exc
+    finally:
+        store.close()
+    events = manifest["events"]
+    typer.echo(
+        f"wrote {out}: {events['count']} events (seq {events['first_seq']}..{events['last_seq']}), "
+        f"{len(manifest['checkpoints'])} checkpoints, {manifest['keys']['count']} keys"
+    )
+
+
+def inclusion_from_store(store: Store, seq: int) -> dict[str, Any]:
+    from keyturn.ledger.merkle import MerkleTree
+    from keyturn.ledger.note import SignedCheckpoint
+    from keyturn.ledger.prove import inclusion_document
+
+    covering = [c for c in store.checkpoints() if c.size > seq]
+    if not covering:
+        raise _die(f"no signed checkpoint covers seq {seq} yet", 1)
+    newest = covering[-1]
+    events = store.events(after_seq=seq - 1, limit=1)
+    if not events or events[0].seq != seq:
+        raise _die(f"no event with seq {seq}", 1)
+    tree = MerkleTree()
+    while tree.size < newest.size:
+        tree.extend(store.leaf_hashes(after_seq=tree.size - 1, limit=min(100_000, newest.size - tree.size)))
+    signed = SignedCheckpoint.parse(newest.note)
+    names = {s.name for s in signed.note.signatures}
+    vkey = next((k.public_key for k in store.ledger_keys() if k.name in names), None)
+    return inclusion_document(events[0].leaf_bytes(), seq, tree, newest.note, vkey)
+
+
+def inclusion_from_bundle(path: Path, seq: int) -> dict[str, Any]:
+    from keyturn.ledger.bundle import BundleError, read_bundle
+    from keyturn.ledger.merkle import MerkleTree, hash_leaf
+    from keyturn.ledger.note import SignedCheckpoint
+    from keyturn.ledger.prove import inclusion_document
+
+    try:
+        bundle = read_bundle(path)
+    except BundleError as exc:
+        raise _die(str(exc)) from exc
+    if bundle.first_seq != 0:
+        raise _die("proofs need a bundle exported from seq 0")
+    checkpoints = sorted(
+        (SignedCheckpoint.parse(s.raw) for s in bundle.checkpoint_sources()), key=lambda c: c.size
+    )
+    covering = [c for c in checkpoints if c.size > seq]
+    if not covering:
+        raise _die(f"no checkpoint in the bundle covers seq {seq}", 1)
+    newest = covering[-1]
+    tree = MerkleTree()
+    leaf = b""
+    for entry in bundle.entries():
+        if tree.size == seq:
+            leaf = entry.leaf
+        tree.append(hash_leaf(entry.leaf))
+        if tree.size == newest.size:
+            break
+    names = {s.name for s in newest.note.signatures}
+    vkey = next((k.verifier_key for k in bundle.key_entries if k.name in names), None)
+    return inclusion_document(leaf, seq, tree, newest.raw, vkey)
+
+
+@app.command()
+def prove(
+    seq: Annotated[int, typer.Argument(help="the event's seq", min=0)],
+    database: UrlOption = None,
+    bundle: BundleOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write the proof here instead of stdout")] = None,
+) -> None:
+    """Print an inclusion proof of one event against the newest signed checkpoint covering it."""
+    if (database is None) == (bundle is None):
+        raise _die("give exactly one of --database URL or --bundle DIR")
+    if bundle is not None:
+        document = inclusion_from_bundle(bundle, seq)
+    else:
+        assert database is not None
+        store = _open_store(database)
+        try:
+            document = inclusion_from_store(store, seq)
+        finally:
+            store.close()
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote inclusion proof of seq {seq} at size {document['tree_size']} to {out}")
+
+
+@app.command("check-proof")
+def check_proof(
+    file: Annotated[Path, typer.Argument(help="a proof written by `keyturn ledger prove`")],
+    key: KeyOption = None,
+) -> None:
+    """Check an inclusion proof with the public key alone (exit 1 when it does not prove its event)."""
+    from keyturn.ledger.prove import InvalidProof, check_inclusion_document
+
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _die(f"{file}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise _die(f"{file}:{exc.lineno}:{exc.colno}: {exc.msg}") from exc
+    try:
+        typer.echo(check_inclusion_document(document, _trusted(key)))
+    except InvalidProof as exc:
+        typer.echo(f"INVALID: {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="file to write (report.html or report.json)")],
+    format_: Annotated[str, typer.Option("--format", help="html or json")] = "html",
+    from_: Annotated[str | None, typer.Option("--from", help="start date or ISO time")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="end date or ISO time (inclusive)")] = None,
+    config: ConfigOption = None,
+    database: UrlOption = None,
+) -> None:
+    """Audit evidence for a period: every executed action's approval chain, totals, anomalies, controls."""
+    from keyturn.commands._common import settings
+    from keyturn.ledger.report import build_report, render_html
+
+    if format_ not in ("html", "json"):
+        raise _die("--format: html or json")
+    configured = settings(config, database)
+    start = _when(from_, "--from") if from_ else None
+    end = _when(to, "--to", end=True) if to else None
+    store = _open_store(configured.database)
+    try:
+        verification = verify_store(store, [], [], configured.ledger.origin)
+        events = (json.loads(e.leaf) for e in store_entries(store))
+        evidence = build_report(
+            events,
+            origin=configured.ledger.origin,
+            start=start,
+            end=end,
+            verification=verification,
+            checkpoints=store.checkpoints(),
+        )
+    finally:
+        store.close()
+    if format_ == "json":
+        out.write_text(json.dumps(evidence, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        out.write_text(render_html(evidence), encoding="utf-8")
+    totals = evidence["totals"]
+    typer.echo(
+        f"wrote {out}: {totals['executed']} executed actions, {totals['requests']} requests, "
+        f"{len(evidence['anomalies'])} anomalies; ledger {'verified' if verification.ok else 'FAILED verification'}"
+    )

@@ -1,0 +1,300 @@
+"""The users file: humans of a single-machine installation, their groups, roles and hashed personal tokens.
+
+```yaml
+users:
+  - id: user:alice@example.com
+    name: Alice (SRE)
+    groups: [sre]
+    roles: [auditor]          # admin | auditor; approving comes from groups, no role implies another
+    tokens:
+      - {id: ktu_Ab3dEf9h, hash: "sha256:…", created: "2030-01-07T09:00:00+00:00", name: laptop}
+```
+
+The server re-reads the file when it changes on disk (size, mtime or inode), so `keyturn users add-token`
+and removing a token take effect without a restart. If an edit leaves the file invalid, users-file tokens
+are refused (fail closed) and the error is logged until the file is fixed; at start an invalid file stops
+the server with the file, line, column and field in the message.
+
+`add_user_token` rewrites the file with PyYAML (ruamel is not a dependency): the leading comment block is
+kept, other comments and the quoting style are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from keyturn.identity.errors import AuthenticationError, UsersFileError
+from keyturn.identity.tokens import USER_TOKEN_PREFIX, hash_token, new_token, parse_token, token_matches
+from keyturn.model import Principal, PrincipalKind, Role
+
+log = logging.getLogger("keyturn.identity")
+
+INVALID_TOKEN = "invalid or revoked user token"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserToken(_Strict):
+    id: str = Field(pattern=r"^ktu_[A-Za-z0-9]{8}$")
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    created: datetime
+    name: str = ""
+
+
+class User(_Strict):
+    id: str = Field(pattern=r"^user:\S+$")
+    name: str = ""
+    groups: tuple[str, ...] = ()
+    roles: tuple[Role, ...] = ()
+    tokens: tuple[UserToken, ...] = ()
+
+    def principal(self) -> Principal:
+        return Principal(
+            id=self.id,
+            kind=PrincipalKind.HUMAN,
+            groups=frozenset(self.groups),
+            roles=frozenset(self.roles),
+            display_name=self.name or None,
+        )
+
+
+class UsersDocument(_Strict):
+    users: tuple[User, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> UsersDocument:
+        seen_users: set[str] = set()
+        seen_tokens: set[str] = set()
+        for user in self.users:
+            if user.id in seen_users:
+                raise ValueError(f"user {user.id} is listed twice")
+            seen_users.add(user.id)
+            for token in user.tokens:
+                if token.id in seen_tokens:
+                    raise ValueError(f"token id {token.id} is used twice")
+                seen_tokens.add(token.id)
+        return self
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def read_users(path: Path) -> UsersDocument:
+    """Parse and validate a users file; `UsersFileError` names the file, line, column and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsersFileError(f"{path}: cannot read the users file: {exc.strerror or exc}") from exc
+    return parse_users(text, str(path))
+
+
+def parse_users(text: str, source: str) -> UsersDocument:
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UsersFileError(f"{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsersFileError(f"{source}:1:1: expected a mapping with a `users` list at the top level")
+    try:
+        return UsersDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc = tuple(error["loc"])
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            node = _node_at(root, loc)
+            where = f"{source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}" if node else source
+            problems.append(f"{where}: {field}: {error['msg']}")
+        raise UsersFileError("; ".join(problems)) from None
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The YAML node at a pydantic error location, or the deepest ancestor that exists."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next(
+                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        else:
+            child = None
+        if child is None:
+            break
+        node = child
+    return node
+
+
+# --- the live file the server reads -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    signature: tuple[int, ...]
+    document: UsersDocument | None  # None: the file is invalid right now (fail closed)
+    by_token: dict[str, tuple[User, UserToken]]
+    by_id: dict[str, User]
+
+
+class UsersFile:
+    """A users file that is re-read whenever it changes on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        document = read_users(self.path)  # at start an invalid file is an error, not a silent lock-out
+        self._snapshot = _snapshot(_signature(self.path), document)
+
+    def authenticate(self, plaintext: str) -> Principal:
+        parsed = parse_token(plaintext)
+        if parsed is None or parsed[0] != USER_TOKEN_PREFIX:
+            raise AuthenticationError(INVALID_TOKEN)
+        found = self._current().by_token.get(parsed[1])
+        if found is None:
+            token_matches(plaintext, "sha256:" + "0" * 64)  # same work as a real check
+            raise AuthenticationError(INVALID_TOKEN)
+        user, token = found
+        if not token_matches(plaintext, token.hash):
+            raise AuthenticationError(INVALID_TOKEN)
+        return user.principal()
+
+    def user(self, user_id: str) -> User | None:
+        return self._current().by_id.get(user_id)
+
+    def _current(self) -> _Snapshot:
+        try:
+            signature = _signature(self.path)
+        except OSError:
+            signature = (-1,)
+        snapshot = self._snapshot
+        if signature == snapshot.signature:
+            return snapshot
+        with self._lock:
+            if signature != self._snapshot.signature:
+                try:
+                    document: UsersDocument | None = read_users(self.path)
+                except UsersFileError as exc:
+                    log.error("users file not reloaded, user tokens are refused until it is fixed: %s", exc)
+                    document = None
+                self._snapshot = _snapshot(signature, document)
+            return self._snapshot
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    info = path.stat()
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _snapshot(signature: tuple[int, ...], document: UsersDocument | None) -> _Snapshot:
+    users = document.users if document is not None else ()
+    return _Snapshot(
+        signature=signature,
+        document=document,
+        by_token={t.id: (u, t) for u in users for t in u.tokens},
+        by_id={u.id: u for u in users},
+    )
+
+
+# --- editing (keyturn users add-token) ------------------------------------------------------------------
+
+
+def add_user_token(path: Path, user_id: str, label: str = "", *, now: datetime | None = None) -> str:
+    """Add a personal token to `user_id` in the users file and return its plaintext (shown once).
+
+    Only the hash is written. Concurrent calls are serialised with an exclusive lock on the file, and the
+    new content replaces the file atomically, so a running server never reads half a file.
+    """
+    path = Path(path)
+    with _locked(path):
+        text = path.read_text(encoding="utf-8")
+        document = parse_users(text, str(path))
+        if not any(u.id == user_id for u in document.users):
+            raise UsersFileError(
+                f"{path}: no user {user_id!r} (users: {', '.join(u.id for u in document.users)})"
+            )
+        token_id, plaintext = new_token(USER_TOKEN_PREFIX)
+        existing = {t.id for u in document.users for t in u.tokens}
+        while token_id in existing:  # 62**8 ids; a clash is improbable but must not corrupt the file
+            token_id, plaintext = new_token(USER_TOKEN_PREFIX)
+        entry: dict[str, Any] = {
+            "id": token_id,
+            "hash": hash_token(plaintext),
+            "created": (now or datetime.now(UTC)).replace(microsecond=0).isoformat(),
+        }
+        if label:
+            entry["name"] = label
+        raw = yaml.safe_load(text)
+        for user in raw["users"]:
+            if user.get("id") == user_id:
+                user["tokens"] = [*(user.get("tokens") or []), entry]
+        new_text = _leading_comments(text) + yaml.safe_dump(
+            raw, sort_keys=False, allow_unicode=True, default_flow_style=None, width=120
+        )
+        parse_users(new_text, str(path))  # never write a file the server would refuse
+        _replace(path, new_text)
+    return plaintext
+
+
+def _leading_comments(text: str) -> str:
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file *currently* at `path` (it is replaced on write: re-check the inode)."""
+    while True:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - held open for the lock's lifetime
+        except OSError as exc:
+            raise UsersFileError(f"{path}: cannot open the users file: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                yield
+                return
+        finally:
+            handle.close()  # closing releases the lock
+
+
+def _replace(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o777
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
