@@ -196,7 +196,11 @@ def machine() -> str:
         )
     except StopIteration:
         model = platform.processor() or "unknown"
-    return f"{os.cpu_count()} CPUs (`nproc`: {os.cpu_count()}), {model}, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"`nproc` {os.cpu_count()}, {model}, Python {platform.python_version()}; "
+        f"load average at the end of the run {load} (other work shares the machine)"
+    )
 
 
 def run(samples: int, poll_samples: int, postgres: str) -> str:

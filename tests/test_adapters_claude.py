@@ -3,6 +3,7 @@ the SDK calls them (its own `ToolPermissionContext`, hook input and result types
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,13 +17,13 @@ from claude_agent_sdk import (
 
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters.claude import keyturn_can_use_tool, keyturn_pre_tool_use_hook
-from test_adapters_common import AGENT, Reviewer, latest
+from test_adapters_common import AGENT, Reviewer, latest, shared_server
 from test_hook_claude_code import CLAUDE_POLICY
 
 
-@pytest.fixture
-def server(live_servers: Any) -> Any:
-    return live_servers(policy=CLAUDE_POLICY)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from shared_server(tmp_path_factory, CLAUDE_POLICY)
 
 
 def permission_context(tool_use_id: str = "toolu_01") -> ToolPermissionContext:

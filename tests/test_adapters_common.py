@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +16,26 @@ import pytest
 from keyturn.sdk import Gate
 from keyturn.sdk.adapters import ActionSpec, AdapterError, action_for_tool
 from keyturn.sdk.adapters._common import jsonable_params, run_gated_sync
+from support.live import DEFAULT_POLICY, LiveServer, start_server
 
 AGENT = "agent:deploy-bot"
+
+
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, policy: str = DEFAULT_POLICY
+) -> Iterator[LiveServer]:
+    """One real server for a whole test module: starting one costs seconds, and the tests of a module run
+    one after the other, each waiting on its own action, so they cannot see each other's requests."""
+    server = start_server(tmp_path_factory.mktemp("server"), policy=policy)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    yield from shared_server(tmp_path_factory)
 
 
 class Reviewer:
@@ -110,7 +129,8 @@ def test_unserialisable_arguments_are_refused_before_anything_is_sent() -> None:
         jsonable_params({"handle": object()})
 
 
-def test_sync_body_never_runs_on_denial_and_reports_a_returned_failure(live_server: Any) -> None:
+def test_sync_body_never_runs_on_denial_and_reports_a_returned_failure(module_server: Any) -> None:
+    live_server = module_server
     gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[dict[str, Any]] = []
 

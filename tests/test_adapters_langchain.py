@@ -16,7 +16,7 @@ from pydantic import Field
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters import ActionSpec, AdapterError
 from keyturn.sdk.adapters.langchain import KeyturnMiddleware, gated_tool
-from test_adapters_common import AGENT, Reviewer, latest
+from test_adapters_common import AGENT, Reviewer, latest, module_server
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -39,6 +39,9 @@ class ScriptedChatModel(GenericFakeChatModel):
         return found[0]
 
 
+__all__ = ["module_server"]  # the fixture, imported so pytest finds it here
+
+
 def scripted(*calls: tuple[str, dict[str, Any], str]) -> ScriptedChatModel:
     first = AIMessage(
         content="", tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in calls]
@@ -59,7 +62,8 @@ def make_export(ran: list[tuple[str, int]]) -> BaseTool:
 EXPORT = {"export_table": ActionSpec("db.export", resource=lambda p: f"postgres://prod/{p['table']}")}
 
 
-def test_middleware_sync_approval_runs_the_tool_with_edited_args(live_server: Any) -> None:
+def test_middleware_sync_approval_runs_the_tool_with_edited_args(module_server: Any) -> None:
+    live_server = module_server
     gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[tuple[str, int]] = []
     model = scripted(("export_table", {"table": "customers", "rows": 5000}, "t1"))
@@ -81,7 +85,8 @@ def test_middleware_sync_approval_runs_the_tool_with_edited_args(live_server: An
     gate.close()
 
 
-async def test_middleware_async_denial_reaches_the_model_and_the_tool_never_runs(live_server: Any) -> None:
+async def test_middleware_async_denial_reaches_the_model_and_the_tool_never_runs(module_server: Any) -> None:
+    live_server = module_server
     gate = AsyncGate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[tuple[str, int]] = []
     model = scripted(("export_table", {"table": "customers", "rows": 5000}, "t1"))
@@ -101,53 +106,55 @@ async def test_middleware_async_denial_reaches_the_model_and_the_tool_never_runs
     await gate.close()
 
 
-def test_unlisted_tools_are_gated_under_the_prefix_unless_it_is_none(live_server: Any) -> None:
+def test_unlisted_tools_are_gated_under_the_prefix_unless_it_is_none(module_server: Any) -> None:
+    live_server = module_server
     gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[str] = []
 
     @tool
-    def lookup_read(key: str) -> str:
+    def read(key: str) -> str:
         """Read a key."""
         ran.append(key)
         return f"{key}=1"
 
-    # `langchain.lookup_read` matches the policy's `*.read` rule: allowed with no human, but recorded.
-    model = scripted(("lookup_read", {"key": "a"}, "t1"))
-    create_agent(model, tools=[lookup_read], middleware=[KeyturnMiddleware(gate)]).invoke(
-        {"messages": [("user", "go")]}
-    )
-    assert ran == ["a"] and latest(live_server, "langchain.lookup_read")["status"] == "succeeded"
+    # `kv.read` matches the policy's `*.read` rule: allowed with no human, but recorded.
+    model = scripted(("read", {"key": "a"}, "t1"))
+    middleware = KeyturnMiddleware(gate, prefix="kv")
+    create_agent(model, tools=[read], middleware=[middleware]).invoke({"messages": [("user", "go")]})
+    assert ran == ["a"] and latest(live_server, "kv.read")["status"] == "succeeded"
 
     # prefix=None: unlisted tools pass through and nothing is submitted.
-    model = scripted(("lookup_read", {"key": "b"}, "t2"))
+    model = scripted(("read", {"key": "b"}, "t2"))
     middleware = KeyturnMiddleware(gate, prefix=None)
-    create_agent(model, tools=[lookup_read], middleware=[middleware]).invoke({"messages": [("user", "go")]})
+    create_agent(model, tools=[read], middleware=[middleware]).invoke({"messages": [("user", "go")]})
     assert ran == ["a", "b"]
     with live_server.client(AGENT) as client:
-        assert len([i for i in client.list()["items"] if i["action"] == "langchain.lookup_read"]) == 1
+        assert len([i for i in client.list()["items"] if i["action"] == "kv.read"]) == 1
     gate.close()
 
 
-def test_a_tool_error_is_reported_failed_but_still_reaches_the_model(live_server: Any) -> None:
+def test_a_tool_error_is_reported_failed_but_still_reaches_the_model(module_server: Any) -> None:
+    live_server = module_server
     gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)
 
     @tool
-    def fetch_read(key: str) -> str:
+    def get(key: str) -> str:
         """Fetch a key."""
         raise ToolException("backend timed out")
 
-    fetch_read.handle_tool_error = True
-    model = scripted(("fetch_read", {"key": "a"}, "t1"))
-    create_agent(model, tools=[fetch_read], middleware=[KeyturnMiddleware(gate)]).invoke(
+    get.handle_tool_error = True
+    model = scripted(("get", {"key": "a"}, "t1"))
+    create_agent(model, tools=[get], middleware=[KeyturnMiddleware(gate, prefix="kv")]).invoke(
         {"messages": [("user", "go")]}
     )
     message = model.tool_message("t1")
     assert message.status == "error" and "backend timed out" in str(message.content)
-    assert latest(live_server, "langchain.fetch_read")["status"] == "failed"
+    assert latest(live_server, "kv.get")["status"] == "failed"
     gate.close()
 
 
-async def test_gated_tool_without_middleware(live_server: Any) -> None:
+async def test_gated_tool_without_middleware(module_server: Any) -> None:
+    live_server = module_server
     sync_gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)
     async_gate = AsyncGate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[tuple[str, int]] = []

@@ -11,7 +11,9 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters.openai_agents import guard_function_tool, keyturn_tool
-from test_adapters_common import AGENT, Reviewer, latest
+from test_adapters_common import AGENT, Reviewer, latest, module_server
+
+__all__ = ["module_server"]  # the fixture, imported so pytest finds it here
 
 
 def tool_output(model: ScriptedModel, call_id: str) -> str:
@@ -40,7 +42,8 @@ def export_tool(gate: AsyncGate | Gate, ran: list[tuple[str, int]]) -> FunctionT
     return export_table
 
 
-async def test_approved_call_runs_once_with_the_edited_params(live_server: Any) -> None:
+async def test_approved_call_runs_once_with_the_edited_params(module_server: Any) -> None:
+    live_server = module_server
     gate = AsyncGate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[tuple[str, int]] = []
     model = script({"table": "customers", "rows": 5000})
@@ -64,7 +67,8 @@ async def test_approved_call_runs_once_with_the_edited_params(live_server: Any) 
     await gate.close()
 
 
-async def test_denial_reaches_the_model_and_the_body_never_runs(live_server: Any) -> None:
+async def test_denial_reaches_the_model_and_the_body_never_runs(module_server: Any) -> None:
+    live_server = module_server
     gate = AsyncGate(live_server.url, live_server.tokens[AGENT], timeout=30)
     ran: list[tuple[str, int]] = []
     model = script({"table": "customers", "rows": 5000})
@@ -80,7 +84,8 @@ async def test_denial_reaches_the_model_and_the_body_never_runs(live_server: Any
     await gate.close()
 
 
-async def test_policy_allow_and_policy_deny_need_no_human(live_server: Any) -> None:
+async def test_policy_allow_and_policy_deny_need_no_human(module_server: Any) -> None:
+    live_server = module_server
     gate = Gate(live_server.url, live_server.tokens[AGENT], timeout=30)  # a sync Gate works too
     calls: list[str] = []
 
@@ -111,7 +116,8 @@ async def test_policy_allow_and_policy_deny_need_no_human(live_server: Any) -> N
     gate.close()
 
 
-async def test_a_failing_body_is_reported_failed_and_the_model_gets_an_error(live_server: Any) -> None:
+async def test_a_failing_body_is_reported_failed_and_the_model_gets_an_error(module_server: Any) -> None:
+    live_server = module_server
     gate = AsyncGate(live_server.url, live_server.tokens[AGENT], timeout=30)
 
     @keyturn_tool(gate, action="customers.read")

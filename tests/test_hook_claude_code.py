@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.live import keyturn_executable
-from test_adapters_common import AGENT, Reviewer, latest
+from test_adapters_common import AGENT, Reviewer, latest, shared_server
 
 CLAUDE_POLICY = """\
 version: 1
@@ -75,9 +76,9 @@ def decision(completed: Any) -> dict[str, Any]:
     return output
 
 
-@pytest.fixture
-def server(live_servers: Any) -> Any:
-    return live_servers(policy=CLAUDE_POLICY)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from shared_server(tmp_path_factory, CLAUDE_POLICY)
 
 
 def test_policy_allow_is_an_allow(server: Any) -> None:
@@ -91,7 +92,7 @@ def test_policy_allow_is_an_allow(server: Any) -> None:
     assert out["permissionDecision"] == "allow" and "allowed by policy" in out["permissionDecisionReason"]
     assert "updatedInput" not in out
     record = latest(server, "claude.read")
-    assert record["resource"] == "/work/repo/README.md" and record["context"]["session_id"] == "sess-1"
+    assert record["resource"] == "/work/repo/README.md" and record["context"]["cwd"] == "/work/repo"
     # The grant was consumed at hand-over; the result says so rather than pretending to know the outcome.
     assert record["status"] == "succeeded"
     assert any("handed over to Claude Code" in json.dumps(e["payload"]) for e in record["history"])

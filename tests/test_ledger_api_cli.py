@@ -37,7 +37,9 @@ def _config(tmp_path: Path, url: str) -> Path:
     return config
 
 
-def test_prove_and_check_proof(store: Store, factory: RequestFactory, tmp_path: Path, database_url: str) -> None:
+def test_prove_and_check_proof(
+    store: Store, factory: RequestFactory, tmp_path: Path, database_url: str
+) -> None:
     signer = make_signer()
     build_ledger(store, factory, signer)
     proof_file = tmp_path / "proof.json"
@@ -53,11 +55,14 @@ def test_prove_and_check_proof(store: Store, factory: RequestFactory, tmp_path: 
     proof_file.write_text(json.dumps(document))
     bad = runner.invoke(ledger_cli, ["check-proof", str(proof_file)])
     assert bad.exit_code == 1 and "INVALID: event seq 9 is not in the checkpointed tree" in bad.output
-    wrong_key = runner.invoke(ledger_cli, ["check-proof", str(proof_file), "--key", str(make_signer().verifier)])
+    wrong_key = runner.invoke(
+        ledger_cli, ["check-proof", str(proof_file), "--key", str(make_signer().verifier)]
+    )
     assert wrong_key.exit_code == 1 and "not trusted" in wrong_key.output
     # The same proof from an exported bundle.
-    export = runner.invoke(ledger_cli, ["export", "--config", str(_config(tmp_path, database_url)),
-                                        "--out", str(tmp_path / "b")])
+    export = runner.invoke(
+        ledger_cli, ["export", "--config", str(_config(tmp_path, database_url)), "--out", str(tmp_path / "b")]
+    )
     assert export.exit_code == 0 and "46 events" in export.output, export.output
     from_bundle = runner.invoke(ledger_cli, ["prove", "9", "--bundle", str(tmp_path / "b")])
     assert from_bundle.exit_code == 0, from_bundle.output
@@ -71,7 +76,9 @@ def test_verify_command_on_database_and_bundle(
     store: Store, factory: RequestFactory, tmp_path: Path, database_url: str
 ) -> None:
     build_ledger(store, factory, make_signer(), tmp_path / "w")
-    ok = runner.invoke(ledger_cli, ["verify", "--database", database_url, "--checkpoint", str(tmp_path / "w/latest")])
+    ok = runner.invoke(
+        ledger_cli, ["verify", "--database", database_url, "--checkpoint", str(tmp_path / "w/latest")]
+    )
     assert ok.exit_code == 0 and ok.output.startswith("OK: 46 events"), ok.output
     config = str(_config(tmp_path, database_url))
     runner.invoke(ledger_cli, ["export", "--config", config, "--out", str(tmp_path / "b"), "--from", "0"])
@@ -80,7 +87,10 @@ def test_verify_command_on_database_and_bundle(
     with store.engine.begin() as conn:
         conn.execute(text("DELETE FROM events WHERE seq = 4"))
     failed = runner.invoke(ledger_cli, ["verify", "--database", database_url])
-    assert failed.exit_code == 1 and "FAILED: database event seq 5: expected the event with seq 4" in failed.output
+    assert (
+        failed.exit_code == 1
+        and "FAILED: database event seq 5: expected the event with seq 4" in failed.output
+    )
     for args, message in [
         (["verify"], "exactly one of --database URL or --bundle DIR"),
         (["verify", "--bundle", str(tmp_path)], "no such file"),
@@ -97,20 +107,52 @@ def test_report_shows_every_execution_and_flags_anomalies(
     build_ledger(store, factory, make_signer())
     config = _config(tmp_path, database_url)
     html = runner.invoke(ledger_cli, ["report", "--config", str(config), "--out", str(tmp_path / "r.html")])
-    assert html.exit_code == 0 and "6 executed actions, 7 requests, 0 anomalies; ledger verified" in html.output
+    assert (
+        html.exit_code == 0 and "6 executed actions, 7 requests, 0 anomalies; ledger verified" in html.output
+    )
     page = (tmp_path / "r.html").read_text()
     assert "user:alice@example.com" in page and "The ledger verifies" in page and "AU-10" in page
-    done = runner.invoke(ledger_cli, ["report", "--config", str(config), "--out", str(tmp_path / "r.json"),
-                                      "--format", "json", "--from", "2030-01-07", "--to", "2030-01-07"])
+    done = runner.invoke(
+        ledger_cli,
+        [
+            "report",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--format",
+            "json",
+            "--from",
+            "2030-01-07",
+            "--to",
+            "2030-01-07",
+        ],
+    )
     assert done.exit_code == 0, done.output
     evidence = json.loads((tmp_path / "r.json").read_text())
     assert evidence["totals"]["executed"] == 6 and evidence["totals"]["denied"] == 1
     first = evidence["executions"][0]
     assert first["approvers"][0]["reviewer"] == "user:alice@example.com"
-    assert first["approvers"][0]["groups"] == ["sre"] and first["digests_match"] and first["outcome"] == "succeeded"
+    assert (
+        first["approvers"][0]["groups"] == ["sre"]
+        and first["digests_match"]
+        and first["outcome"] == "succeeded"
+    )
     assert {c["control"] for c in evidence["controls"]} >= {"CC6.1", "A.8.15", "AC-5", "AU-9"}
-    empty = runner.invoke(ledger_cli, ["report", "--config", str(config), "--out", str(tmp_path / "e.json"),
-                                       "--format", "json", "--from", "2031-01-01"])
+    empty = runner.invoke(
+        ledger_cli,
+        [
+            "report",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "e.json"),
+            "--format",
+            "json",
+            "--from",
+            "2031-01-01",
+        ],
+    )
     assert empty.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["totals"]["executed"] == 0
     bad = runner.invoke(ledger_cli, ["report", "--config", str(config), "--out", "x", "--from", "soon"])
     assert bad.exit_code == 2 and "--from" in bad.output
@@ -155,8 +197,13 @@ def _api(store: Store, roles: frozenset[Role]) -> TestClient:
 
 def test_api_is_for_auditors_only(store: Store) -> None:
     client = _api(store, frozenset({Role.ADMIN}))
-    for path in ("/v1/ledger/events", "/v1/ledger/checkpoints", "/v1/ledger/proof/inclusion?seq=0",
-                 "/v1/ledger/proof/consistency?from=0&to=0", "/v1/ledger/export"):
+    for path in (
+        "/v1/ledger/events",
+        "/v1/ledger/checkpoints",
+        "/v1/ledger/proof/inclusion?seq=0",
+        "/v1/ledger/proof/consistency?from=0&to=0",
+        "/v1/ledger/export",
+    ):
         answer = client.get(path)
         assert answer.status_code == 403 and answer.json()["error"]["code"] == "forbidden", path
 
@@ -181,8 +228,13 @@ def test_api_events_checkpoints_and_proofs(store: Store, factory: RequestFactory
     assert cps["keys"][0]["verifier_key"] == str(signer.verifier)
 
     proof = client.get("/v1/ledger/proof/inclusion", params={"seq": 12}).json()
-    verify_inclusion(12, proof["tree_size"], bytes.fromhex(proof["leaf_hash"]),
-                     [bytes.fromhex(h) for h in proof["audit_path"]], bytes.fromhex(proof["root_hash"]))
+    verify_inclusion(
+        12,
+        proof["tree_size"],
+        bytes.fromhex(proof["leaf_hash"]),
+        [bytes.fromhex(h) for h in proof["audit_path"]],
+        bytes.fromhex(proof["root_hash"]),
+    )
     older = store.checkpoints()[2].size
     at_size = client.get("/v1/ledger/proof/inclusion", params={"seq": 1, "size": older}).json()
     assert at_size["tree_size"] == older
@@ -192,8 +244,13 @@ def test_api_events_checkpoints_and_proofs(store: Store, factory: RequestFactory
     assert client.get("/v1/ledger/proof/inclusion", params={"seq": "x"}).status_code == 422
 
     cons = client.get("/v1/ledger/proof/consistency", params={"from": 7, "to": 46}).json()
-    verify_consistency(7, 46, bytes.fromhex(cons["from_root"]), bytes.fromhex(cons["to_root"]),
-                       [bytes.fromhex(h) for h in cons["proof"]])
+    verify_consistency(
+        7,
+        46,
+        bytes.fromhex(cons["from_root"]),
+        bytes.fromhex(cons["to_root"]),
+        [bytes.fromhex(h) for h in cons["proof"]],
+    )
     assert cons["to_root"] == store.checkpoints()[-1].root_hash
     assert client.get("/v1/ledger/proof/consistency", params={"from": 9, "to": 999}).status_code == 400
 
@@ -233,7 +290,9 @@ def test_two_replicas_on_postgresql_append_one_consistent_tree(postgres_url: str
             failures.append(exc)
 
     try:
-        threads = [threading.Thread(target=work, args=pair) for pair in zip(replicas, checkpointers, strict=True)]
+        threads = [
+            threading.Thread(target=work, args=pair) for pair in zip(replicas, checkpointers, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

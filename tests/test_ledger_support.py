@@ -31,14 +31,18 @@ def run_request(store: Store, factory: RequestFactory, *, succeed: bool = True) 
     """Submit, approve (one sre), consume and report: seven events through the real workflow."""
     record = factory.insert(store)
     alice = factory.human("alice", "sre")
-    step = workflow.review(record, alice, ReviewDecision.APPROVE, "ok", factory.tick(), grant_id=factory.grant_id())
+    step = workflow.review(
+        record, alice, ReviewDecision.APPROVE, "ok", factory.tick(), grant_id=factory.grant_id()
+    )
     record = store.apply(step, record.version)
     grant = record.grant
     assert grant is not None
     presented = workflow.GrantPresentation(
         grant.id, record.id, record.request.action, record.request.resource, grant.params_digest
     )
-    record = store.apply(workflow.consume_grant(record, presented, factory.agent, factory.tick()), record.version)
+    record = store.apply(
+        workflow.consume_grant(record, presented, factory.agent, factory.tick()), record.version
+    )
     return store.apply(workflow.report_result(record, factory.agent, succeed, factory.tick()), record.version)
 
 
@@ -48,7 +52,13 @@ def build_ledger(
     """`requests` approved-and-executed requests plus one denied one, a checkpoint after each request."""
     register(store, signer, factory)
     checkpointer = Checkpointer(
-        store, signer, ORIGIN, every=5, interval=3600, witness=WitnessPublisher(witness, []), clock=lambda: factory.now
+        store,
+        signer,
+        ORIGIN,
+        every=5,
+        interval=3600,
+        witness=WitnessPublisher(witness, []),
+        clock=lambda: factory.now,
     )
     checkpointer.start()
     for _ in range(requests):
@@ -56,7 +66,9 @@ def build_ledger(
         checkpointer.checkpoint()
     record = factory.insert(store)
     bob = factory.human("bob", "sre")
-    store.apply(workflow.review(record, bob, ReviewDecision.DENY, "no", factory.tick(), grant_id=factory.grant_id()),
-                record.version)
+    store.apply(
+        workflow.review(record, bob, ReviewDecision.DENY, "no", factory.tick(), grant_id=factory.grant_id()),
+        record.version,
+    )
     checkpointer.checkpoint(force=True)
     return checkpointer

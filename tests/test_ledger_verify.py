@@ -20,7 +20,7 @@ from keyturn.commands.ledger import verify_store
 from keyturn.ledger.bundle import export_store, verify_bundle
 from keyturn.ledger.checkpointer import Checkpointer
 from keyturn.ledger.merkle import MerkleTree
-from keyturn.ledger.note import Checkpoint, NoteSigner, SignedCheckpoint, sign_checkpoint
+from keyturn.ledger.note import NoteSigner, SignedCheckpoint, sign_checkpoint
 from keyturn.ledger.verify import CheckpointSource, VerifyResult
 from keyturn.store import Store
 from keyturn.store.records import leaf_bytes, leaf_hash
@@ -74,9 +74,15 @@ def test_changed_payload_with_recomputed_leaf_hash_is_caught_by_the_checkpoint(
     build_ledger(store, factory, make_signer())
     event = store.events(after_seq=6, limit=1)[0]
     payload = {**event.payload, "justification": "nothing to see"}
-    forged = leaf_hash(leaf_bytes(event.seq, event.ts, event.type, event.actor, event.request_id, payload)).hex()
-    _sql(store, "UPDATE events SET payload = :p, leaf_hash = :h WHERE seq = 7",
-         p=json.dumps(payload, sort_keys=True, separators=(",", ":")), h=forged)
+    forged = leaf_hash(
+        leaf_bytes(event.seq, event.ts, event.type, event.actor, event.request_id, payload)
+    ).hex()
+    _sql(
+        store,
+        "UPDATE events SET payload = :p, leaf_hash = :h WHERE seq = 7",
+        p=json.dumps(payload, sort_keys=True, separators=(",", ":")),
+        h=forged,
+    )
     result = verify_store(store, [], [])
     message = _fails(result, "root_mismatch")
     covering = min(c.size for c in store.checkpoints() if c.size > 7)
@@ -134,11 +140,17 @@ def test_checkpoint_signed_by_an_unknown_key_is_named(store: Store, factory: Req
     victim = store.checkpoints()[0]
     impostor = NoteSigner(signer.name, Ed25519PrivateKey.generate())  # same name, other key
     parsed = SignedCheckpoint.parse(victim.note)
-    _sql(store, "UPDATE checkpoints SET note = :n WHERE size = :s",
-         n=sign_checkpoint(impostor, parsed.checkpoint), s=victim.size)
+    _sql(
+        store,
+        "UPDATE checkpoints SET note = :n WHERE size = :s",
+        n=sign_checkpoint(impostor, parsed.checkpoint),
+        s=victim.size,
+    )
     result = verify_store(store, [], [])
     message = _fails(result, "unknown_key")
-    assert result.problem is not None and result.problem.size == victim.size and impostor.verifier.id in message
+    assert (
+        result.problem is not None and result.problem.size == victim.size and impostor.verifier.id in message
+    )
     # A pinned key refuses a log whose checkpoints were all signed by someone else.
     pinned = verify_store(store, [], [make_signer().verifier])
     _fails(pinned, "unknown_key")
@@ -155,9 +167,15 @@ def test_log_rewritten_and_resigned_with_the_stolen_key_is_inconsistent_with_a_w
     # The attacker rewrites event 3, fixes its leaf hash, drops every checkpoint and re-signs the history.
     event = store.events(after_seq=2, limit=1)[0]
     payload = {**event.payload, "comment": "approved, obviously"}
-    forged = leaf_hash(leaf_bytes(event.seq, event.ts, event.type, event.actor, event.request_id, payload)).hex()
-    _sql(store, "UPDATE events SET payload = :p, leaf_hash = :h WHERE seq = 3",
-         p=json.dumps(payload, sort_keys=True, separators=(",", ":")), h=forged)
+    forged = leaf_hash(
+        leaf_bytes(event.seq, event.ts, event.type, event.actor, event.request_id, payload)
+    ).hex()
+    _sql(
+        store,
+        "UPDATE events SET payload = :p, leaf_hash = :h WHERE seq = 3",
+        p=json.dumps(payload, sort_keys=True, separators=(",", ":")),
+        h=forged,
+    )
     _sql(store, "DELETE FROM checkpoints")
     thief = Checkpointer(store, make_signer(private=private), ORIGIN, every=1, clock=lambda: factory.now)
     thief.start()
@@ -226,13 +244,17 @@ def test_bundle_verifies_and_names_tampering(bundle: Path, tmp_path: Path) -> No
     (bundle / "events.jsonl").write_bytes(b"".join(original))
     pretty = json.loads(original[3])  # a re-formatted line still verifies (slow path)
     (bundle / "events.jsonl").write_bytes(
-        b"".join([*original[:3], json.dumps(pretty, indent=1).replace("\n", "").encode() + b"\n", *original[4:]])
+        b"".join(
+            [*original[:3], json.dumps(pretty, indent=1).replace("\n", "").encode() + b"\n", *original[4:]]
+        )
     )
     result = verify_bundle(bundle)
     _fails(result, "manifest_mismatch")  # every event verifies, but the file is not the exported one
 
 
-def test_bundle_slice_verifies_from_its_frontier(store: Store, factory: RequestFactory, tmp_path: Path) -> None:
+def test_bundle_slice_verifies_from_its_frontier(
+    store: Store, factory: RequestFactory, tmp_path: Path
+) -> None:
     build_ledger(store, factory, make_signer())
     out = tmp_path / "slice"
     manifest = export_store(store, out, origin=ORIGIN, from_seq=10, to_seq=30)
@@ -244,25 +266,47 @@ def test_bundle_slice_verifies_from_its_frontier(store: Store, factory: RequestF
     _fails(verify_bundle(out), "root_mismatch")
 
 
-def test_bundle_verifies_in_a_separate_process_without_database_or_server(bundle: Path, tmp_path: Path) -> None:
+def test_bundle_verifies_in_a_separate_process_without_database_or_server(
+    bundle: Path, tmp_path: Path
+) -> None:
     keys = json.loads((bundle / "keys.json").read_text())
     script = (
         "import sys\n"
         "from keyturn.ledger.__main__ import main\n"
         "code = main(sys.argv[1:])\n"
-        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'psycopg', 'fastapi', 'pydantic', 'alembic'})\n"
+        "heavy = {'sqlalchemy', 'psycopg', 'fastapi', 'pydantic', 'alembic'}\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & heavy)\n"
         "assert not loaded, loaded\n"
         "sys.exit(code)\n"
     )
-    args = ["verify", "--bundle", str(bundle), "--checkpoint", str(tmp_path / "witness" / "latest"),
-            "--key", keys[0]["verifier_key"]]
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    args = [
+        "verify",
+        "--bundle",
+        str(bundle),
+        "--checkpoint",
+        str(tmp_path / "witness" / "latest"),
+        "--key",
+        keys[0]["verifier_key"],
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 46 events") and "pinned key" in done.stdout
     lines = _lines(bundle)
     lines[2] = lines[2].replace(b'"comment":"ok"', b'"comment":"OK"')
     (bundle / "events.jsonl").write_bytes(b"".join(lines))
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 1 and "FAILED: event seq 2 (events.jsonl:3)" in done.stdout, done.stdout

@@ -71,6 +71,8 @@ rules:
     reason: stay off main
 """
 
+pytestmark = pytest.mark.timeout(60)
+
 SRE = "user:alice@example.com"
 OTHER_SRE = "user:bob@example.com"
 

@@ -56,8 +56,15 @@ def test_check_reports_every_problem_one_per_line_and_exits_1(tmp_path: Path) ->
 def test_explain_shows_every_rule_and_the_route() -> None:
     result = runner.invoke(
         app,
-        ["policy", "explain", str(EXAMPLES / "policy.yaml"), "--request", str(EXAMPLES / "requests/prod-export.json"),
-         "--now", "2025-01-06T10:00:00Z"],
+        [
+            "policy",
+            "explain",
+            str(EXAMPLES / "policy.yaml"),
+            "--request",
+            str(EXAMPLES / "requests/prod-export.json"),
+            "--now",
+            "2025-01-06T10:00:00Z",
+        ],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
@@ -87,15 +94,25 @@ def test_explain_json_and_fail_closed_errors(tmp_path: Path) -> None:
     [
         ('{"action": "x",\n "params": [1}', "r.json:2:14: invalid JSON: Expecting ',' delimiter"),
         ('{"action": "x",\n "params": 5}', "r.json:2:12: params: expected a mapping, got int 5"),
-        ('{"action": "x", "requester": {"kind": "robot"}}', "requester.kind: expected one of agent, human, got 'robot'"),
+        (
+            '{"action": "x", "requester": {"kind": "robot"}}',
+            "requester.kind: expected one of agent, human, got 'robot'",
+        ),
         ('{"resource": "x"}', "the file: missing required key 'action'"),
-        ('{"action": "x", "paramz": {}}', "unknown key 'paramz' in the file; allowed: action, resource, params"),
+        (
+            '{"action": "x", "paramz": {}}',
+            "unknown key 'paramz' in the file; allowed: action, resource, params",
+        ),
     ],
 )
-def test_explain_rejects_bad_request_files_with_positions(tmp_path: Path, content: str, expected: str) -> None:
+def test_explain_rejects_bad_request_files_with_positions(
+    tmp_path: Path, content: str, expected: str
+) -> None:
     request = tmp_path / "r.json"
     request.write_text(content)
-    result = runner.invoke(app, ["policy", "explain", str(EXAMPLES / "policy.yaml"), "--request", str(request)])
+    result = runner.invoke(
+        app, ["policy", "explain", str(EXAMPLES / "policy.yaml"), "--request", str(request)]
+    )
     assert result.exit_code == 2
     assert expected in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -105,7 +122,8 @@ def test_test_prints_a_diff_for_each_failure(tmp_path: Path) -> None:
     cases = tmp_path / "cases.yaml"
     cases.write_text(
         "- name: right\n  request: {action: db.read}\n  expect: {decision: allow}\n"
-        "- name: wrong decision\n  request: {action: db.export, resource: 'postgres://prod/x', params: {rows: 5000}}\n"
+        "- name: wrong decision\n"
+        "  request: {action: db.export, resource: 'postgres://prod/x', params: {rows: 5000}}\n"
         "  expect: {decision: allow, approvers: '2 from sre', tier: high}\n"
         "- name: wrong reason\n  now: '2025-01-03T09:00:00Z'\n"
         "  request: {action: k8s.apply, context: {environment: prod}}\n"
@@ -127,14 +145,22 @@ def test_test_prints_a_diff_for_each_failure(tmp_path: Path) -> None:
     ("content", "expected"),
     [
         ("- name: a\n  request: {action: x}\n", ":1:3: [0]: missing required key 'expect'"),
-        ("cases:\n  - name: a\n    request: {action: x}\n    expect: {decision: nope}\n",
-         ":4:24: cases[0].expect.decision: expected one of allow, deny, review, got 'nope'"),
-        ("- name: a\n  request: {action: x}\n  expect: {decision: review, approvers: 'two from sre'}\n",
-         ":3:41: [0].expect.approvers: expected approvers like '2 from sre and 1 from security'"),
-        ("- name: a\n  request: {action: x}\n  expect: {decision: allow, tire: x}\n",
-         ":3:29: unknown key 'tire' in [0].expect; allowed: decision, tier, approvers"),
-        ("- name: a\n  now: yesterday\n  request: {action: x}\n  expect: {decision: allow}\n",
-         ":2:8: [0].now: expected an ISO 8601 time"),
+        (
+            "cases:\n  - name: a\n    request: {action: x}\n    expect: {decision: nope}\n",
+            ":4:24: cases[0].expect.decision: expected one of allow, deny, review, got 'nope'",
+        ),
+        (
+            "- name: a\n  request: {action: x}\n  expect: {decision: review, approvers: 'two from sre'}\n",
+            ":3:41: [0].expect.approvers: expected approvers like '2 from sre and 1 from security'",
+        ),
+        (
+            "- name: a\n  request: {action: x}\n  expect: {decision: allow, tire: x}\n",
+            ":3:29: unknown key 'tire' in [0].expect; allowed: decision, tier, approvers",
+        ),
+        (
+            "- name: a\n  now: yesterday\n  request: {action: x}\n  expect: {decision: allow}\n",
+            ":2:8: [0].now: expected an ISO 8601 time",
+        ),
         ("just a string\n", ":1:1: a cases file is a list of cases"),
         ("- [unclosed\n", ":2:1: YAML syntax error"),
     ],
@@ -152,8 +178,15 @@ def test_malformed_cases_files_are_errors_with_positions(tmp_path: Path, content
 def test_bad_now_option() -> None:
     result = runner.invoke(
         app,
-        ["policy", "explain", str(EXAMPLES / "policy.yaml"), "--request",
-         str(EXAMPLES / "requests/mcp-commit.json"), "--now", "friday"],
+        [
+            "policy",
+            "explain",
+            str(EXAMPLES / "policy.yaml"),
+            "--request",
+            str(EXAMPLES / "requests/mcp-commit.json"),
+            "--now",
+            "friday",
+        ],
     )
     assert result.exit_code == 2
     assert "--now: expected an ISO 8601 time" in result.output
@@ -161,6 +194,8 @@ def test_bad_now_option() -> None:
 
 def test_several_policy_files_on_the_command_line(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yaml"
-    extra.write_text("rules:\n  - {name: payments, match: {action: 'payments.*'}, decision: deny, reason: closed}\n")
+    extra.write_text(
+        "rules:\n  - {name: payments, match: {action: 'payments.*'}, decision: deny, reason: closed}\n"
+    )
     done = run("check", str(EXAMPLES / "policy.yaml"), str(extra))
     assert done.returncode == 0 and done.stdout.startswith("OK: 18 rules")

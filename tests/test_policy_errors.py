@@ -36,7 +36,9 @@ def test_yaml_syntax_error(tmp_path: Path) -> None:
 
 def test_duplicate_yaml_key(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    name: b\n    decision: allow\n") == (
-        4, 5, "YAML syntax error: duplicate key 'name' (first given at line 3)"
+        4,
+        5,
+        "YAML syntax error: duplicate key 'name' (first given at line 3)",
     )
 
 
@@ -47,8 +49,14 @@ def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
     assert (line, column) == (4, 5)
     assert message.startswith("unknown key 'decison' in rules[0]; allowed: require, quorum, approvers")
     assert "decision" in message and "when" in message
-    line, column, message = one(tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    match: {acton: x}\n")
-    assert (line, column, message) == (5, 13, "unknown key 'acton' in rules[0].match; allowed: action, resource, requester")
+    line, column, message = one(
+        tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    match: {acton: x}\n"
+    )
+    assert (line, column, message) == (
+        5,
+        13,
+        "unknown key 'acton' in rules[0].match; allowed: action, resource, requester",
+    )
     assert one(tmp_path, "defaults: {approvers: [x], tll: 1h}\n")[2] == (
         "unknown key 'tll' in defaults; allowed: decision, approvers, quorum, ttl, grant_ttl, notify, reason"
     )
@@ -56,38 +64,57 @@ def test_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
 
 def test_wrong_types(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    when: 5\n") == (
-        5, 11, "rules[0].when: expected a string, got int 5"
+        5,
+        11,
+        "rules[0].when: expected a string, got int 5",
     )
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, quorum: two}\n") == (
-        3, 41, "rules[0].quorum: expected an integer, got str 'two'"
+        3,
+        41,
+        "rules[0].quorum: expected an integer, got str 'two'",
     )
     assert one(tmp_path, OK_DEFAULTS + "rules: {a: 1}\n") == (2, 8, "rules: expected a list, got a mapping")
-    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, step_up: yes please}\n")[2] == (
-        "rules[0].step_up: expected true or false, got str 'yes please'"
+    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, step_up: yes please}\n")[
+        2
+    ] == ("rules[0].step_up: expected true or false, got str 'yes please'")
+    assert one(tmp_path, "- a\n- b\n") == (
+        1,
+        1,
+        "a policy file is a mapping with version, defaults, tiers, rules",
     )
-    assert one(tmp_path, "- a\n- b\n") == (1, 1, "a policy file is a mapping with version, defaults, tiers, rules")
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
-    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a}\n") == (3, 5, "rules[0]: missing required key 'decision'")
+    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a}\n") == (
+        3,
+        5,
+        "rules[0]: missing required key 'decision'",
+    )
 
 
 def test_bad_glob(tmp_path: Path) -> None:
-    assert one(tmp_path, OK_DEFAULTS + 'rules:\n  - {name: a, decision: allow, match: {action: ["ok.*", "db.[ab"]}}\n') == (
-        3, 57, "rules[0].match.action[1]: pattern 'db.[ab' has an unclosed '[' at offset 3"
-    )
-    assert one(tmp_path, OK_DEFAULTS + 'rules:\n  - {name: a, decision: allow, match: {resource: ""}}\n')[2] == (
-        "rules[0].match.resource[0]: a pattern must not be empty"
-    )
+    assert one(
+        tmp_path,
+        OK_DEFAULTS + 'rules:\n  - {name: a, decision: allow, match: {action: ["ok.*", "db.[ab"]}}\n',
+    ) == (3, 57, "rules[0].match.action[1]: pattern 'db.[ab' has an unclosed '[' at offset 3")
+    assert one(tmp_path, OK_DEFAULTS + 'rules:\n  - {name: a, decision: allow, match: {resource: ""}}\n')[
+        2
+    ] == ("rules[0].match.resource[0]: a pattern must not be empty")
 
 
 def test_cel_that_does_not_compile_points_into_the_expression(tmp_path: Path) -> None:
-    line, column, message = one(tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    when: 'params.x +* 2'\n")
+    line, column, message = one(
+        tmp_path, OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    when: 'params.x +* 2'\n"
+    )
     assert (line, column) == (5, 22)  # the `*`: column of the quote (11) + 1 + its offset (10)
     assert message.startswith("`when` is not valid CEL: Syntax error: extraneous input '*'")
-    text = OK_DEFAULTS + "rules:\n  - name: a\n    decision: allow\n    when: |\n      params.x > 1\n        && nope == 2\n"
+    text = (
+        OK_DEFAULTS
+        + "rules:\n  - name: a\n    decision: allow\n    when: |\n      params.x > 1\n        && nope == 2\n"
+    )
     assert one(tmp_path, text) == (
-        7, 12,
+        7,
+        12,
         "unknown variable 'nope' in `when`; the variables are action, context, now, on_behalf_of, params,"
         " requester, resource",
     )
@@ -98,51 +125,70 @@ def test_cel_that_does_not_compile_points_into_the_expression(tmp_path: Path) ->
 
 def test_macro_variables_are_not_unknown(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(OK_DEFAULTS + "rules:\n  - {name: a, decision: allow, when: \"params.tags.exists(t, t == 'pii')\"}\n")
+    path.write_text(
+        OK_DEFAULTS + "rules:\n  - {name: a, decision: allow, when: \"params.tags.exists(t, t == 'pii')\"}\n"
+    )
     assert len(load_policy([path]).rules) == 1
 
 
 def test_unknown_tier(tmp_path: Path) -> None:
-    assert one(tmp_path, OK_DEFAULTS + "tiers: {high: {quorum: 1}}\nrules:\n  - {name: a, decision: review, tier: hgh}\n") == (
-        4, 39, "unknown tier 'hgh' (tiers: high)"
-    )
+    assert one(
+        tmp_path,
+        OK_DEFAULTS + "tiers: {high: {quorum: 1}}\nrules:\n  - {name: a, decision: review, tier: hgh}\n",
+    ) == (4, 39, "unknown tier 'hgh' (tiers: high)")
 
 
 def test_duplicate_rule_names_within_and_across_files(tmp_path: Path) -> None:
-    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: allow}\n  - {name: a, decision: allow}\n") == (
-        4, 12, f"duplicate rule name 'a' (first defined at {tmp_path / 'p.yaml'}:3)"
-    )
+    assert one(
+        tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: allow}\n  - {name: a, decision: allow}\n"
+    ) == (4, 12, f"duplicate rule name 'a' (first defined at {tmp_path / 'p.yaml'}:3)")
     (tmp_path / "one.yaml").write_text(OK_DEFAULTS + "rules:\n  - {name: shared, decision: allow}\n")
-    (tmp_path / "two.yaml").write_text("rules:\n  - {name: other, decision: allow}\n  - {name: shared, decision: allow}\n")
+    (tmp_path / "two.yaml").write_text(
+        "rules:\n  - {name: other, decision: allow}\n  - {name: shared, decision: allow}\n"
+    )
     with pytest.raises(PolicyError) as caught:
         load_policy([tmp_path / "one.yaml", tmp_path / "two.yaml"])
     (problem,) = caught.value.problems
     assert problem == Problem(
-        str(tmp_path / "two.yaml"), 3, 12, f"duplicate rule name 'shared' (first defined at {tmp_path / 'one.yaml'}:3)"
+        str(tmp_path / "two.yaml"),
+        3,
+        12,
+        f"duplicate rule name 'shared' (first defined at {tmp_path / 'one.yaml'}:3)",
     )
 
 
 def test_defaults_and_tiers_conflicts_across_files(tmp_path: Path) -> None:
     (tmp_path / "one.yaml").write_text(OK_DEFAULTS + "tiers:\n  high: {approvers: [sre]}\n")
-    (tmp_path / "two.yaml").write_text("defaults: {decision: deny, reason: x}\ntiers:\n  high: {approvers: [ops]}\n")
+    (tmp_path / "two.yaml").write_text(
+        "defaults: {decision: deny, reason: x}\ntiers:\n  high: {approvers: [ops]}\n"
+    )
     with pytest.raises(PolicyError) as caught:
         load_policy([tmp_path / "one.yaml", tmp_path / "two.yaml"])
     two = str(tmp_path / "two.yaml")
     assert caught.value.problems == [
-        Problem(two, 1, 1, f"defaults are already given in {tmp_path / 'one.yaml'}:1; only one policy file may set defaults"),
+        Problem(
+            two,
+            1,
+            1,
+            f"defaults are already given in {tmp_path / 'one.yaml'}:1; only one policy file may set defaults",
+        ),
         Problem(two, 3, 3, f"tier 'high' is already defined at {tmp_path / 'one.yaml'}:3"),
     ]
 
 
 def test_decision_must_be_allow_deny_or_review(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: maybe}\n") == (
-        3, 25, "rules[0].decision: expected one of allow, deny, review, got 'maybe'"
+        3,
+        25,
+        "rules[0].decision: expected one of allow, deny, review, got 'maybe'",
     )
 
 
 def test_deny_needs_a_reason(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: deny}\n") == (
-        3, 5, "rule 'a': a deny rule needs a `reason` (the requester is told why)"
+        3,
+        5,
+        "rule 'a': a deny rule needs a `reason` (the requester is told why)",
     )
 
 
@@ -156,15 +202,23 @@ def test_deny_needs_a_reason(tmp_path: Path) -> None:
     ],
 )
 def test_bad_duration(tmp_path: Path, value: str, message: str) -> None:
-    assert one(tmp_path, OK_DEFAULTS + f"rules:\n  - name: a\n    decision: review\n    ttl: {value}\n") == (5, 10, message)
+    assert one(tmp_path, OK_DEFAULTS + f"rules:\n  - name: a\n    decision: review\n    ttl: {value}\n") == (
+        5,
+        10,
+        message,
+    )
 
 
 def test_review_rule_without_approvers_anywhere(tmp_path: Path) -> None:
-    text = "defaults: {decision: deny, reason: closed}\ntiers: {t: {ttl: 5m}}\nrules:\n  - {name: a, decision: review, tier: t}\n"
+    text = (
+        "defaults: {decision: deny, reason: closed}\ntiers: {t: {ttl: 5m}}\n"
+        "rules:\n  - {name: a, decision: review, tier: t}\n"
+    )
     assert one(tmp_path, text) == (
-        4, 5,
-        "rule 'a': a review rule needs approvers: give `require`, `quorum` with `approvers`, a `tier` that has them,"
-        " or defaults.approvers",
+        4,
+        5,
+        "rule 'a': a review rule needs approvers: give `require`, `quorum` with `approvers`,"
+        " a `tier` that has them, or defaults.approvers",
     )
 
 
@@ -176,11 +230,13 @@ def test_default_review_needs_default_approvers(tmp_path: Path) -> None:
 
 def test_route_keys_on_allow_and_deny_rules_are_mistakes(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: allow, approvers: [sre]}\n") == (
-        3, 32, "rule 'a': `approvers` only applies to review rules"
+        3,
+        32,
+        "rule 'a': `approvers` only applies to review rules",
     )
-    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: deny, reason: r, secrets: [X]}\n") == (
-        3, 42, "rule 'a': `secrets` does not apply to deny rules"
-    )
+    assert one(
+        tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: deny, reason: r, secrets: [X]}\n"
+    ) == (3, 42, "rule 'a': `secrets` does not apply to deny rules")
 
 
 def test_require_and_quorum_together(tmp_path: Path) -> None:
@@ -194,15 +250,17 @@ def test_editable_and_redact_paths(tmp_path: Path) -> None:
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, editable: [rows]}\n")[2] == (
         "rules[0].editable[0]: an editable field is a dotted path under params, like params.rows; got 'rows'"
     )
-    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, redact: [secret]}\n")[2].startswith(
-        "rules[0].redact[0]: a redacted field is a dotted path under params or context"
-    )
+    assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: review, redact: [secret]}\n")[
+        2
+    ].startswith("rules[0].redact[0]: a redacted field is a dotted path under params or context")
 
 
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy([tmp_path / "nope.yaml"])
-    assert str(caught.value) == f"{tmp_path / 'nope.yaml'}:1:1: cannot read the file: No such file or directory"
+    assert (
+        str(caught.value) == f"{tmp_path / 'nope.yaml'}:1:1: cannot read the file: No such file or directory"
+    )
     (tmp_path / "bin.yaml").write_bytes(b"rules: [\xff]\n")
     with pytest.raises(PolicyError) as caught:
         load_policy([tmp_path / "bin.yaml"])
@@ -212,8 +270,7 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
 def test_several_problems_are_all_reported_one_line_each(tmp_path: Path) -> None:
     found = problems(
         tmp_path,
-        OK_DEFAULTS
-        + "rules:\n  - {name: a, decision: deny}\n  - {name: b, decision: review, tier: nope}\n"
+        OK_DEFAULTS + "rules:\n  - {name: a, decision: deny}\n  - {name: b, decision: review, tier: nope}\n"
         "  - {name: c, decision: allow, when: 'x +'}\n",
     )
     assert [p.line for p in found] == [3, 4, 5]

@@ -42,8 +42,10 @@ def rules(draw: st.DrawFn, decisions: tuple[str, ...] = ("allow", "deny", "revie
     if rule["decision"] == "review":
         if draw(st.booleans()):
             rule["require"] = [
-                {"groups": draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=2, unique=True)),
-                 "count": draw(st.integers(1, 2))}
+                {
+                    "groups": draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=2, unique=True)),
+                    "count": draw(st.integers(1, 2)),
+                }
                 for _ in range(draw(st.integers(1, 2)))
             ]
         if draw(st.booleans()):
@@ -87,7 +89,9 @@ def summary(verdict: Verdict) -> tuple[Any, ...]:
     )
 
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @SETTINGS
@@ -112,7 +116,11 @@ def test_adding_a_deny_or_review_rule_never_makes_a_decision_less_restrictive(
 
 
 @SETTINGS
-@given(rule_list=st.lists(rules(), min_size=1, max_size=7), order=st.randoms(), probes=st.lists(requests, min_size=1, max_size=8))
+@given(
+    rule_list=st.lists(rules(), min_size=1, max_size=7),
+    order=st.randoms(),
+    probes=st.lists(requests, min_size=1, max_size=8),
+)
 def test_rule_order_never_changes_the_verdict(
     tmp_path: Path, rule_list: list[dict[str, Any]], order: Any, probes: list[ActionRequest]
 ) -> None:

@@ -120,7 +120,9 @@ def test_different_counts_of_the_same_group_are_separate_requirements(tmp_path: 
 
 
 def test_quorum_approvers_shorthand_equals_require(tmp_path: Path) -> None:
-    short = policy(tmp_path, "- {name: r, decision: review, quorum: 2, approvers: [sre, ops]}\n", name="a.yaml")
+    short = policy(
+        tmp_path, "- {name: r, decision: review, quorum: 2, approvers: [sre, ops]}\n", name="a.yaml"
+    )
     long = policy(
         tmp_path, "- {name: r, decision: review, require: [{groups: [sre, ops], count: 2}]}\n", name="b.yaml"
     )
@@ -167,11 +169,16 @@ def test_review_without_rule_or_tier_approvers_falls_back_to_defaults(tmp_path: 
 
 @pytest.mark.parametrize(
     ("defaults", "decision"),
-    [("{approvers: [security]}", Decision.REVIEW), ("{decision: deny, reason: nope}", Decision.DENY),
-     ("{decision: allow, grant_ttl: 1m}", Decision.ALLOW)],
+    [
+        ("{approvers: [security]}", Decision.REVIEW),
+        ("{decision: deny, reason: nope}", Decision.DENY),
+        ("{decision: allow, grant_ttl: 1m}", Decision.ALLOW),
+    ],
 )
 def test_unknown_actions_follow_defaults_decision(tmp_path: Path, defaults: str, decision: Decision) -> None:
-    p = policy(tmp_path, "- {name: known, match: {action: known}, decision: allow}\n", f"defaults: {defaults}\n")
+    p = policy(
+        tmp_path, "- {name: known, match: {action: known}, decision: allow}\n", f"defaults: {defaults}\n"
+    )
     v = p.evaluate(req("unknown.action"), MONDAY)
     assert v.decision is decision
     assert v.rules == ()
@@ -267,7 +274,9 @@ def test_change_freeze_on_friday(tmp_path: Path) -> None:
     [({}, {}), ({"rows": "many"}, {}), ({"rows": 5000}, {"x": None})],
     ids=["missing key", "type error", "ok-but-other-rule"],
 )
-def test_when_failing_at_evaluation_fails_closed(tmp_path: Path, params: dict[str, Any], context: Any) -> None:
+def test_when_failing_at_evaluation_fails_closed(
+    tmp_path: Path, params: dict[str, Any], context: Any
+) -> None:
     p = policy(
         tmp_path,
         """
@@ -349,7 +358,12 @@ def test_explain_lists_every_rule_with_why_and_agrees_with_evaluate(tmp_path: Pa
     explanation = p.explain(req("x", "dev/a", params={"n": 1}), MONDAY)
     rows = {e.rule: e for e in explanation.rules}
     assert [e.rule for e in explanation.rules] == [
-        "by action", "by resource", "by requester", "false when", "broken when", "hit"
+        "by action",
+        "by resource",
+        "by requester",
+        "false when",
+        "broken when",
+        "hit",
     ]
     assert rows["by action"].why == "action is not other"
     assert rows["by resource"].why == "resource is not prod/*"
@@ -395,7 +409,9 @@ def test_holder_raises_when_the_first_load_fails(tmp_path: Path) -> None:
 
 
 def test_several_files_load_as_one_policy(tmp_path: Path) -> None:
-    (tmp_path / "base.yaml").write_text(HEADER + "rules:\n  - {name: reads, match: {action: '*.read'}, decision: allow}\n")
+    (tmp_path / "base.yaml").write_text(
+        HEADER + "rules:\n  - {name: reads, match: {action: '*.read'}, decision: allow}\n"
+    )
     (tmp_path / "team.yaml").write_text(
         "tiers:\n  team: {approvers: [team], ttl: 2h}\n"
         "rules:\n  - {name: team things, match: {action: 'team.*'}, decision: review, tier: team}\n"
@@ -411,7 +427,9 @@ def test_the_index_does_not_change_answers(tmp_path: Path) -> None:
     import fnmatch
 
     patterns = ["a.b", "a.*", "*.b", "*", "?.b", "[ab].c", "a*b", "*a*", "x.y.z", "x.*.z"]
-    rules = "".join(f'- {{name: r{i}, match: {{action: "{p}"}}, decision: allow}}\n' for i, p in enumerate(patterns))
+    rules = "".join(
+        f'- {{name: r{i}, match: {{action: "{p}"}}, decision: allow}}\n' for i, p in enumerate(patterns)
+    )
     p = policy(tmp_path, rules, "defaults: {decision: deny, reason: d}\n")
     for action in ["a.b", "a.c", "b.b", "a", "ab", "x.y.z", "x.q.z", "c.c", "zzz", "a.b.b", ""]:
         expected = tuple(f"r{i}" for i, pat in enumerate(patterns) if fnmatch.fnmatchcase(action, pat))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -83,7 +84,7 @@ def run(
     with the command's exit code. 77: not approved (denied/expired/cancelled); 69: server unreachable;
     75: no decision within --timeout.
     """
-    errors = Console(stderr=True, highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     if not command:
         errors.print("[red]error:[/red] no command given: keyturn exec --action A -- CMD ARGS…")
         raise typer.Exit(EXIT_USAGE)
@@ -92,7 +93,9 @@ def run(
     except ConfigurationError as exc:
         errors.print(f"[red]error:[/red] {exc} (or pass --token)")
         raise typer.Exit(EXIT_USAGE) from exc
-    params = {"argv": list(command), "cwd": os.getcwd()}
+    # `command` is the argv as one shell-quoted string: for reviewers' eyes and for policy conditions
+    # written on a string (`params.command.contains('rm ')`); it is never run through a shell.
+    params = {"argv": list(command), "cwd": os.getcwd(), "command": shlex.join(command)}
     context = {"via": "keyturn exec", "host": socket.gethostname(), "os_user": _os_user()}
     status = StatusLine(errors)
     try:
@@ -110,7 +113,7 @@ def run(
             ) as approval,
         ):
             status.close()
-            argv, cwd = _approved_command(approval.params)
+            argv, cwd = approved_command(params, approval.params)
             if approval.edited:
                 errors.print(f"[yellow]a reviewer edited the command:[/yellow] {_shown(argv)} in {cwd}")
             errors.print(f"[green]✓ approved[/green] {approval.request_id}: running {_shown(argv)}")
@@ -141,18 +144,33 @@ class UnrunnableCommand(KeyturnError):
     """The approved params do not describe a command (a reviewer's edit broke them): nothing runs."""
 
 
-def _approved_command(params: dict[str, Any]) -> tuple[list[str], str]:
-    argv, cwd = params.get("argv"), params.get("cwd")
+def approved_command(asked: dict[str, Any], approved: dict[str, Any]) -> tuple[list[str], str]:
+    """The argv and directory to run: the approved ones, with a reviewer's edit of either form applied.
+
+    A reviewer may edit `argv` (a list) or `command` (the string form). An edited `command` is split
+    with shell rules (never run by a shell); when both were edited they must agree, or nothing runs.
+    """
+    argv, cwd, command = approved.get("argv"), approved.get("cwd"), approved.get("command")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise UnrunnableCommand("the approved params.argv is not a non-empty list of strings")
     if not isinstance(cwd, str) or not cwd:
         raise UnrunnableCommand("the approved params.cwd is not a directory path")
+    if command is not None and command != asked.get("command"):
+        if not isinstance(command, str):
+            raise UnrunnableCommand("the approved params.command is not a string")
+        try:
+            split = shlex.split(command)
+        except ValueError as exc:
+            raise UnrunnableCommand(f"the approved params.command cannot be split: {exc}") from None
+        if argv != asked.get("argv") and argv != split:
+            raise UnrunnableCommand("a reviewer edited params.argv and params.command differently")
+        if not split:
+            raise UnrunnableCommand("the approved params.command is empty")
+        argv = split
     return argv, cwd
 
 
 def _shown(argv: list[str]) -> str:
-    import shlex
-
     return shlex.join(argv)
 
 

@@ -16,6 +16,12 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 
+@app.callback()
+def hooks() -> None:
+    """Hooks for agent tools. Claude Code runs one per tool call, so `python -m keyturn.commands.hook
+    claude-code` is the quicker way to start it (it skips loading the rest of the CLI)."""
+
+
 @app.command("claude-code")
 def claude_code(
     action_prefix: Annotated[
@@ -110,3 +116,7 @@ def _deny(reason: str) -> dict[str, Any]:
             "permissionDecisionReason": f"[keyturn] not performed — {reason} (fail closed)",
         }
     }
+
+
+if __name__ == "__main__":  # `python -m keyturn.commands.hook claude-code`: the same command, faster to start
+    app(prog_name="keyturn hook")

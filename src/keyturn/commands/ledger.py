@@ -340,5 +340,6 @@ def report(
     totals = evidence["totals"]
     typer.echo(
         f"wrote {out}: {totals['executed']} executed actions, {totals['requests']} requests, "
-        f"{len(evidence['anomalies'])} anomalies; ledger {'verified' if verification.ok else 'FAILED verification'}"
+        f"{len(evidence['anomalies'])} anomalies; "
+        f"ledger {'verified' if verification.ok else 'FAILED verification'}"
     )

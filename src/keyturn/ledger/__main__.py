@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="verify an exported bundle")
     verify.add_argument("--bundle", type=Path, required=True)
-    verify.add_argument("--checkpoint", type=Path, action="append", default=[], help="a checkpoint kept elsewhere")
+    verify.add_argument(
+        "--checkpoint", type=Path, action="append", default=[], help="a checkpoint kept elsewhere"
+    )
     verify.add_argument("--key", action="append", default=[], help="trusted verifier key")
     verify.add_argument("--json", action="store_true")
     check = commands.add_parser("check-proof", help="check an inclusion proof")
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     try:
-        external = [CheckpointSource(p.read_text(encoding="utf-8"), str(p), external=True) for p in args.checkpoint]
+        external = [
+            CheckpointSource(p.read_text(encoding="utf-8"), str(p), external=True) for p in args.checkpoint
+        ]
         result = verify_bundle(args.bundle, external, keys)
     except (OSError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -169,7 +169,8 @@ def verify_bundle(
         if declared.get("count") != result.events or declared.get("sha256") != digest.hexdigest():
             result.problem = Problem(
                 "manifest_mismatch",
-                "manifest.json: events.jsonl has changed since export (count or SHA-256 differ), although every "
+                "manifest.json: events.jsonl has changed since export (count or SHA-256 differ), "
+                "although every "
                 "event and checkpoint in it verifies",
                 location="manifest.json",
             )

@@ -83,10 +83,8 @@ def register_keys(
     for kid, public in keys.items():
         verifier = VerifierKey.of(key_name(origin, kid), public)
         if verifier.name not in known:
-            try:
+            with contextlib.suppress(StoreError):  # another replica registered it at the same moment
                 store.add_ledger_key(verifier.name, str(verifier), now)
-            except StoreError:
-                pass  # another replica registered it at the same moment
         if kid != current.kid:
             store.retire_ledger_key(verifier.name, now)
 
@@ -260,7 +258,9 @@ class Checkpointer:
 
 
 @contextlib.asynccontextmanager
-async def running_checkpointer(state: Any, settings: Settings, store: Store, keyring: Any) -> AsyncIterator[Checkpointer]:
+async def running_checkpointer(
+    state: Any, settings: Settings, store: Store, keyring: Any
+) -> AsyncIterator[Checkpointer]:
     """For the server's lifespan: register the keys, follow the log, sign; a final checkpoint at shutdown.
 
     `state` is the app's state: it gets `ledger_tree` (shared with the API's proofs) and `checkpointer`.

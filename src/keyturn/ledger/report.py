@@ -27,7 +27,8 @@ CHECKS = [
     (
         "unapproved_execution",
         "Every execution had a qualifying approval",
-        "Allowed by a policy rule, or approved by enough distinct humans from the route's groups for the exact "
+        "Allowed by a policy rule, or approved by enough distinct humans from the route's groups for the "
+        "exact "
         "params, before the grant was consumed.",
     ),
     (
@@ -72,7 +73,8 @@ CONTROLS = [
         "SOC 2",
         "CC8.1",
         "Change management",
-        "Each change carries requester, justification, approvals, approved vs executed params digests and the "
+        "Each change carries requester, justification, approvals, approved vs executed params digests and "
+        "the "
         "outcome reported by the executor.",
     ),
     (
@@ -85,13 +87,15 @@ CONTROLS = [
         "ISO 27001",
         "A.8.2",
         "Privileged access rights",
-        "Privileged actions run only with a one-time grant bound to the approved action, resource and params.",
+        "Privileged actions run only with a one-time grant bound to the approved action, resource and "
+        "params.",
     ),
     (
         "ISO 27001",
         "A.8.15",
         "Logging",
-        "Events are written in the same transaction as each state change, hashed into an RFC 6962 Merkle tree "
+        "Events are written in the same transaction as each state change, hashed into an RFC 6962 Merkle "
+        "tree "
         "and covered by Ed25519-signed checkpoints.",
     ),
     (
@@ -275,7 +279,8 @@ def _anomalies(req: dict[str, Any]) -> list[dict[str, str]]:
         if len(qualified & names) < needed:
             flag(
                 "unapproved_execution",
-                f"{len(qualified & names)} qualified distinct approvals of the executed params, {needed} required",
+                f"{len(qualified & names)} qualified distinct approvals of the executed params, "
+                f"{needed} required",
             )
         for who in sorted(names & people):
             flag("self_approval", f"{who} approved a request it made or that was made on its behalf")

@@ -250,7 +250,8 @@ def _check_checkpoint(
     if origin is not None and cp.checkpoint.origin != origin:
         _fail(
             "wrong_origin",
-            f"{source.location}: checkpoint of size {cp.size} is for log {cp.checkpoint.origin!r}, not {origin!r}",
+            f"{source.location}: checkpoint of size {cp.size} is for log {cp.checkpoint.origin!r}, "
+            f"not {origin!r}",
             size=cp.size,
             location=source.location,
         )
@@ -258,7 +259,8 @@ def _check_checkpoint(
         if source.external:
             message = (
                 f"{source.location}: the log is inconsistent with the checkpoint held elsewhere: at size "
-                f"{cp.size} its root is {root.hex()}, the witnessed root is {cp.root.hex()} (the history up to "
+                f"{cp.size} its root is {root.hex()}, the witnessed root is {cp.root.hex()} "
+                "(the history up to "
                 "there was rewritten)"
             )
             _fail("inconsistent", message, size=cp.size, location=source.location)
