@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,24 @@ def hook_input(tool_name: str, tool_input: dict[str, Any], **extra: Any) -> dict
     }
 
 
-def run_hook(stdin: str | dict[str, Any], *, url: str, key: str | None, args: tuple[str, ...] = ()) -> Any:
+def run_hook(
+    stdin: str | dict[str, Any],
+    *,
+    url: str,
+    key: str | None,
+    args: tuple[str, ...] = (),
+    via_cli: bool = False,
+) -> Any:
+    """Run the hook as Claude Code would. `via_cli` goes through the `keyturn` console script; otherwise the
+    quicker-starting `python -m keyturn.commands.hook`, which is the same typer command."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
     env["KEYTURN_URL"] = url
     if key is not None:
         env["KEYTURN_API_KEY"] = key
     completed = subprocess.run(
-        [keyturn_executable(), "hook", "claude-code", *args],
+        [keyturn_executable(), "hook", "claude-code", *args]
+        if via_cli
+        else [sys.executable, "-m", "keyturn.commands.hook", "claude-code", *args],
         input=stdin if isinstance(stdin, str) else json.dumps(stdin),
         capture_output=True,
         text=True,
@@ -87,6 +99,7 @@ def test_policy_allow_is_an_allow(server: Any) -> None:
             hook_input("Read", {"file_path": "/work/repo/README.md"}),
             url=server.url,
             key=server.tokens[AGENT],
+            via_cli=True,  # once through the real `keyturn` entry point, as settings.json names it
         )
     )
     assert out["permissionDecision"] == "allow" and "allowed by policy" in out["permissionDecisionReason"]

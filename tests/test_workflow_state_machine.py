@@ -204,6 +204,7 @@ class Lifecycle(RuleBasedStateMachine):
         index=st.integers(0, 1000),
         pending_first=st.integers(0, 9).map(lambda n: n > 0),
         reviewer=st.sampled_from(PRINCIPALS + HUMANS + HUMANS),
+        aim=st.sampled_from(["random"] * 6 + ["requester", "on_behalf_of"]),
         decision=st.sampled_from([ReviewDecision.APPROVE] * 4 + [ReviewDecision.DENY]),
         comment=st.sampled_from(["", " ", "looks fine", "no way"]),
         edit_rows=st.none() | st.none() | st.none() | st.integers(0, 20_000),
@@ -214,12 +215,18 @@ class Lifecycle(RuleBasedStateMachine):
         index: int,
         pending_first: bool,
         reviewer: Principal,
+        aim: str,
         decision: ReviewDecision,
         comment: str,
         edit_rows: int | None,
         edit_table: bool,
     ) -> None:
         before = self._pick(index, pending_first=pending_first)
+        # aim at the principals the guarantees are about, not only at whoever happens to be drawn
+        if aim == "requester":
+            reviewer = before.request.requester
+        elif aim == "on_behalf_of" and before.request.on_behalf_of:
+            reviewer = BY_ID[before.request.on_behalf_of]
         edited: dict[str, Any] | None = None
         if edit_rows is not None:
             edited = {**workflow.effective_params(before), "rows": edit_rows}

@@ -8,7 +8,6 @@ authenticated with `KEYTURN_TOKEN` (a user token or an agent API key) against `K
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,4 +350,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

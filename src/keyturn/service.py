@@ -7,6 +7,7 @@ store transaction. The guarantees themselves are in `workflow.py`; this module n
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
@@ -223,7 +224,7 @@ class Keyturn:
         digest = params_digest(workflow.effective_params(record))
         return not any(r.reviewer == principal.id and r.params_digest == digest for r in record.reviews)
 
-    def history(self, record: RequestRecord) -> list[dict[str, Any]]:
+    def history(self, record: RequestRecord) -> builtins.list[dict[str, Any]]:
         return [
             {"seq": e.seq, "ts": e.ts, "type": e.type, "actor": e.actor, "payload": e.payload}
             for e in self.store.events_for_request(record.id)

@@ -29,7 +29,9 @@ def git(repo: Path, *args: str) -> str:
     """Run git in a test repository (never in the project's own checkout)."""
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
     env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True
+    )
     return done.stdout
 
 
@@ -97,7 +99,9 @@ async def wait_for_request(
         await anyio.sleep(0.1)
 
 
-async def review(server: LiveServer, who: str, request_id: str, decision: str, comment: str = "", **params: Any) -> Any:
+async def review(
+    server: LiveServer, who: str, request_id: str, decision: str, comment: str = "", **params: Any
+) -> Any:
     def call() -> Any:
         with server.client(who) as client:
             return client.review(request_id, decision, comment, params or None)
@@ -114,7 +118,9 @@ async def get_request(server: LiveServer, request_id: str) -> dict[str, Any]:
     return await anyio.to_thread.run_sync(call)
 
 
-async def wait_status(server: LiveServer, request_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+async def wait_status(
+    server: LiveServer, request_id: str, status: str, timeout: float = 20.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         item = await get_request(server, request_id)
