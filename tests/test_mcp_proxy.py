@@ -26,6 +26,7 @@ from support.mcp_harness import (
     get_request,
     git,
     git_upstream,
+    held_session,
     make_repo,
     proxy_parameters,
     review,
@@ -98,7 +99,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def agent(keyturn: LiveServer, repo: Path) -> AsyncIterator[ClientSession]:
     """The agent's session with `keyturn mcp-proxy --name git --hide-denied -- python -m mcp_server_git …`."""
-    async with agent_session(proxy(keyturn, repo, "--hide-denied")) as session:
+    async with held_session(proxy(keyturn, repo, "--hide-denied")) as session:
         yield session
 
 

@@ -156,8 +156,10 @@ def list_requests(
     except ApiError as exc:
         raise _fail(exc) from exc
     table = Table(title="keyturn requests")
-    for column in ("id", "status", "action", "resource", "requester", "needs", "expires in"):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True)  # ids are copied into `keyturn approve`: never truncate them
+    table.add_column("status", no_wrap=True)
+    for column in ("action", "resource", "requester", "needs", "expires in"):
+        table.add_column(column, overflow="fold")
     for item in page["items"]:
         table.add_row(
             item["id"],

@@ -6,6 +6,7 @@ agent's `mcpServers` configuration would start it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -71,6 +72,34 @@ async def agent_session(
         with anyio.fail_after(30):
             await session.initialize()
         yield session
+
+
+@asynccontextmanager
+async def held_session(parameters: StdioServerParameters) -> AsyncIterator[ClientSession]:
+    """`agent_session` for a module-scoped fixture, whose setup and teardown run in different tasks.
+
+    anyio cancel scopes must be left by the task that entered them, so one dedicated task owns the session
+    from start to end and the fixture only hands it out.
+    """
+    ready: asyncio.Future[ClientSession] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def own() -> None:
+        try:
+            async with agent_session(parameters) as session:
+                ready.set_result(session)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    owner = asyncio.get_running_loop().create_task(own())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await owner
 
 
 def agent_requests(server: LiveServer) -> list[dict[str, Any]]:
