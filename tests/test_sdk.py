@@ -273,9 +273,14 @@ def test_the_body_never_runs_when_someone_else_consumed_the_grant(server: LiveSe
 
     def on_update(view: dict[str, Any]) -> None:
         review(view)
-        if view.get("grant"):  # the approved view reaches us with the grant; another executor races us to it
+        assert "grant" not in view  # callbacks never see the bearer grant
+        if view["status"] == "approved":
+            # Between the approval and the SDK's consume, someone holding the requester's key (or a
+            # second executor) takes the grant and consumes it first.
+            with server.client(AGENT) as requester:
+                grant = requester.get(view["id"])["grant"]
             with server.client("agent:exec-bot") as thief:
-                stolen.append(thief.consume(view["grant"])["request_id"])
+                stolen.append(thief.consume(grant)["request_id"])
 
     with pytest.raises(GrantRefused, match="already consumed"), gate.request(action, on_update=on_update):
         ran.append(True)
@@ -533,3 +538,28 @@ async def test_async_unserialisable_arguments_and_lost_submit(server: LiveServer
         assert requests_for(server, action) == []
         assert await act([1, 2]) == [1, 2]
     assert transport.dropped == 1 and len(requests_for(server, action)) == 1
+
+
+@pytest.mark.postgresql
+def test_waiting_on_one_replica_wakes_on_an_approval_given_on_another(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    primary = start_server(tmp_path_factory.mktemp("pg"), database_url=postgres_url, policy=POLICY)
+    try:
+        replica = primary.start_replica()
+        action = unique("export", prefix="db")
+        with Gate(primary.url, primary.tokens[AGENT], timeout=20) as gate:
+
+            @gate.guard(action)
+            def export(rows: int) -> int:
+                return rows
+
+            with (
+                replica.client(ALICE) as alice,
+                _ReviewWhenPending(alice, action, decision="approve", params={"rows": 4}),
+            ):
+                assert export(40) == 4
+        [request] = requests_for(replica, action)
+        assert request["status"] == "succeeded"
+    finally:
+        primary.stop()

@@ -6,6 +6,7 @@ would, and checks that the lifecycle refuses with the right error class — and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,10 +94,14 @@ def approve(
     at: datetime = T0 + timedelta(minutes=1),
     **kwargs: Any,
 ) -> RequestRecord:
-    return workflow.review(record, who, ReviewDecision.APPROVE, "ok", at, grant_id=f"gr_{record.id}", **kwargs).record
+    return workflow.review(
+        record, who, ReviewDecision.APPROVE, "ok", at, grant_id=f"gr_{record.id}", **kwargs
+    ).record
 
 
-def deny(record: RequestRecord, who: Principal, reason: str = "too risky", at: datetime | None = None) -> RequestRecord:
+def deny(
+    record: RequestRecord, who: Principal, reason: str = "too risky", at: datetime | None = None
+) -> RequestRecord:
     moment = at or T0 + timedelta(minutes=1)
     return workflow.review(record, who, ReviewDecision.DENY, reason, moment, grant_id="gr_x").record
 
@@ -182,7 +187,9 @@ def test_the_on_behalf_of_human_cannot_approve() -> None:
         approve(record, OWNER)
     # ... nor sneak an approval in by editing params.
     with pytest.raises(workflow.OnBehalfOfCannotApprove):
-        approve(record, OWNER, edited_params={"rows": 10, "tags": ["pii"]}, reevaluate=lambda r: review_verdict())
+        approve(
+            record, OWNER, edited_params={"rows": 10, "tags": ["pii"]}, reevaluate=lambda r: review_verdict()
+        )
 
 
 def test_the_on_behalf_of_human_may_deny_their_own_agents_request() -> None:
@@ -304,7 +311,9 @@ def test_a_qualified_deny_ends_the_request_even_after_approvals() -> None:
     record = submit(review_verdict(SRE2_SEC1))
     record = approve(record, ALICE)
     record = approve(record, BOB)
-    transition = workflow.review(record, CAROL, ReviewDecision.DENY, "no", T0 + timedelta(minutes=3), grant_id="g")
+    transition = workflow.review(
+        record, CAROL, ReviewDecision.DENY, "no", T0 + timedelta(minutes=3), grant_id="g"
+    )
     assert transition.record.status is Status.DENIED
     assert transition.record.grant is None
     assert [e.type for e in transition.events] == [EventType.REVIEWED, EventType.DENIED]
@@ -315,7 +324,13 @@ def test_a_deny_cannot_carry_an_edit() -> None:
     record = submit(review_verdict(route(editable=("params.rows",))))
     with pytest.raises(workflow.EditRefused):
         workflow.review(
-            record, ALICE, ReviewDecision.DENY, "no", T0, edited_params={"rows": 1, "tags": ["pii"]}, grant_id="g"
+            record,
+            ALICE,
+            ReviewDecision.DENY,
+            "no",
+            T0,
+            edited_params={"rows": 1, "tags": ["pii"]},
+            grant_id="g",
         )
 
 
@@ -397,7 +412,9 @@ def test_an_edit_resets_earlier_approvals_and_the_grant_binds_the_edited_params(
     record = approve(edited.record, ALICE, at=T0 + timedelta(minutes=3))  # alice approves the edit
     assert record.status is Status.APPROVED
     assert record.approved_params == {"rows": 100, "tags": ["pii"]}
-    assert record.grant is not None and record.grant.params_digest == params_digest({"rows": 100, "tags": ["pii"]})
+    assert record.grant is not None and record.grant.params_digest == params_digest(
+        {"rows": 100, "tags": ["pii"]}
+    )
     assert record.request.params["rows"] == 5000  # the original is kept
     assert workflow.invariant_violations(record) == []
 
@@ -430,7 +447,10 @@ def test_review_at_or_after_expiry_is_refused() -> None:
         with pytest.raises(workflow.RequestExpired):
             deny(record, ALICE, at=at)
     # one microsecond before the deadline is still in time
-    assert approve(record, ALICE, at=T0 + timedelta(minutes=10) - timedelta(microseconds=1)).status is Status.APPROVED
+    assert (
+        approve(record, ALICE, at=T0 + timedelta(minutes=10) - timedelta(microseconds=1)).status
+        is Status.APPROVED
+    )
 
 
 def test_cancel_after_expiry_is_refused() -> None:
@@ -452,7 +472,9 @@ def test_an_unanswered_request_expires_never_approves() -> None:
 
 
 def test_escalation_keeps_the_request_pending_and_expiry_wins_over_it() -> None:
-    r = route(ttl=timedelta(minutes=30), escalate=(Escalation(after=timedelta(minutes=5), notify=("teams:x",)),))
+    r = route(
+        ttl=timedelta(minutes=30), escalate=(Escalation(after=timedelta(minutes=5), notify=("teams:x",)),)
+    )
     record = submit(review_verdict(r))
     with pytest.raises(workflow.NothingToDo):
         workflow.due_transition(record, T0 + timedelta(minutes=4))
@@ -471,7 +493,9 @@ def test_escalation_keeps_the_request_pending_and_expiry_wins_over_it() -> None:
 def terminal_records() -> list[RequestRecord]:
     pending = submit()
     approved = approve(pending, ALICE)
-    executing = workflow.consume_grant(approved, presentation(approved), AGENT, T0 + timedelta(minutes=2)).record
+    executing = workflow.consume_grant(
+        approved, presentation(approved), AGENT, T0 + timedelta(minutes=2)
+    ).record
     return [
         deny(pending, ALICE),
         workflow.cancel(pending, AGENT, T0 + timedelta(minutes=1)).record,
@@ -486,7 +510,7 @@ def terminal_records() -> list[RequestRecord]:
 def test_a_terminal_request_never_changes(record: RequestRecord) -> None:
     assert record.status.terminal
     later = T0 + timedelta(minutes=5)
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: approve(record, BOB, at=later),
         lambda: deny(record, BOB, at=later),
         lambda: workflow.cancel(record, AGENT, later),
@@ -585,7 +609,9 @@ def test_an_expired_grant_is_refused_and_expires_the_request() -> None:
 
 def test_a_pending_request_has_no_grant_to_consume() -> None:
     record = submit()
-    forged = workflow.GrantPresentation("gr_req_1", record.id, "db.export", "postgres://prod/customers", "sha256:0")
+    forged = workflow.GrantPresentation(
+        "gr_req_1", record.id, "db.export", "postgres://prod/customers", "sha256:0"
+    )
     with pytest.raises(workflow.GrantMismatch):
         workflow.consume_grant(record, forged, AGENT, T0)
 
@@ -602,7 +628,9 @@ def test_a_result_before_consume_is_refused() -> None:
 def test_only_the_executor_or_requester_reports_the_result() -> None:
     record = approved_record()
     executor = Principal(id="agent:runner", kind=PrincipalKind.AGENT)
-    executing = workflow.consume_grant(record, presentation(record), executor, T0 + timedelta(minutes=2)).record
+    executing = workflow.consume_grant(
+        record, presentation(record), executor, T0 + timedelta(minutes=2)
+    ).record
     with pytest.raises(workflow.ResultRefused):
         workflow.report_result(executing, ALICE, True, T0 + timedelta(minutes=3))
     done = workflow.report_result(executing, executor, False, T0 + timedelta(minutes=3), detail="exit 1")

@@ -35,7 +35,7 @@ app.add_typer(db.app, name="db", help="Database schema.")
 app.add_typer(keys.app, name="keys", help="Agent API keys.")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
-app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code` (Claude Code PreToolUse).")
+app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
 app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
     mcp_commands.mcp_proxy
 )

@@ -335,6 +335,12 @@ def view_key(view: dict[str, Any]) -> tuple[Any, ...]:
     return view.get("status"), view.get("updated_at"), len(view.get("reviews") or [])
 
 
+def without_grant(view: dict[str, Any]) -> dict[str, Any]:
+    """The view for `on_update` callbacks: the grant is a bearer credential and stays inside the SDK
+    (a gateway that forwards progress to its client must not hand the client a consumable grant)."""
+    return {k: v for k, v in view.items() if k != "grant"}
+
+
 def failure_detail(exc: BaseException) -> str:
     # The type name only: exception messages can carry data (even secrets) that must not reach the ledger.
     return f"raised {type(exc).__name__}"
@@ -402,7 +408,7 @@ def approval_fields(view: dict[str, Any], consumed: dict[str, Any]) -> dict[str,
         "resource": str(consumed.get("resource") or view.get("resource") or ""),
         "params": dict(params) if isinstance(params, dict) else {},
         "edited": bool(consumed.get("edited")),
-        "view": view,
+        "view": without_grant(view),
         "secrets": {str(k): str(v) for k, v in secrets.items()} if isinstance(secrets, dict) else {},
     }
 

@@ -140,7 +140,7 @@ class AsyncGate:
                     last = view
                     key = _core.view_key(view)
                     if on_update is not None and key != seen:
-                        await _call(on_update, view)
+                        await _call(on_update, _core.without_grant(view))
                     seen = key
                     if _core.decided(view):
                         return view
@@ -256,7 +256,7 @@ class AsyncGate:
         if not _core.decided(view):
             try:
                 if on_update is not None:
-                    await _call(on_update, view)
+                    await _call(on_update, _core.without_grant(view))
                 view = await self._wait(
                     request_id, deadline - time.monotonic(), on_update, _core.view_key(view)
                 )

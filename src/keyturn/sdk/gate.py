@@ -154,7 +154,7 @@ class Gate:
             for view in watcher.views():
                 key = _core.view_key(view)
                 if on_update is not None and key != seen:
-                    on_update(view)
+                    on_update(_core.without_grant(view))
                 seen = key
                 if _core.decided(view):
                     return view
@@ -280,7 +280,7 @@ class Gate:
         if not _core.decided(view):
             try:
                 if on_update is not None:
-                    on_update(view)
+                    on_update(_core.without_grant(view))
                 view = self._wait(request_id, deadline - time.monotonic(), on_update, _core.view_key(view))
             except ApprovalTimeout as exc:
                 self._cancel_quietly(request_id, f"the requester stopped waiting after {timeout:g}s")

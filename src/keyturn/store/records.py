@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -36,17 +37,101 @@ class DecisionRecord:
 # the transaction that appends them. `tests/test_store_ledger.py` pins the exact bytes.
 
 
+_ENCODE_STR = json.encoder.encode_basestring  # the C escaper: `"`, `\\`, controls (short forms, else \\u00xx)
+_DUMPS = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+_INT_MIN, _INT_MAX = -(2**53) + 1, 2**53 - 1  # RFC 8785: integers must be exact as IEEE doubles
+
+
 def encode_ts(ts: datetime) -> str:
     """RFC 3339 UTC with exactly six fractional digits and `Z`: one spelling per instant."""
     if ts.tzinfo is None:
         raise ValueError(f"naive datetime {ts!r} in a ledger event")
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = ts.astimezone(UTC)
+    if utc.year < 1000:  # strftime does not zero-pad such years; keep its spelling
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def leaf_bytes(
+def _plain(value: Any) -> bool:
+    """True when the standard library's C JSON encoder writes `value` exactly as RFC 8785 does.
+
+    That holds for None, bools, strings, integers in the RFC 8785 range, lists, and objects whose keys are
+    ASCII (UTF-16 and code-point order agree on them). Floats (ECMAScript number formatting), tuples,
+    subclasses and anything else go through `rfc8785` itself.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _plain(item):
+                return False
+        return True
+    if kind is list:
+        return all(_plain(item) for item in value)
+    return False
+
+
+def canonical_payload(payload: Any) -> bytes:
+    """RFC 8785 canonical JSON of `payload`, byte for byte `canonical_json(payload)`, without its cost.
+
+    A fast path for the values the ledger carries (see `_plain`); anything else uses `rfc8785`.
+    """
+    if _plain(payload):
+        try:
+            return _DUMPS(payload).encode()
+        except UnicodeEncodeError:  # a lone surrogate: let rfc8785 raise its own error
+            pass
+    return canonical_json(payload)
+
+
+def event_leaf(
+    seq: int, ts: datetime, type: str, actor: str, request_id: str | None, payload: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """(leaf bytes, canonical payload) of an event; the leaf is `leaf_bytes(...)`.
+
+    With its keys sorted, the canonical event is `{"actor":…,"payload":…,"request_id":…,"seq":…,"ts":…,
+    "type":…}`, so it is assembled from the canonical payload and the canonical scalars rather than
+    canonicalised twice. Unusual scalars take the reference path.
+    """
+    canonical = canonical_payload(payload)
+    if (
+        type.__class__ is str
+        and actor.__class__ is str
+        and (request_id is None or request_id.__class__ is str)
+        and seq.__class__ is int
+        and 0 <= seq <= _INT_MAX
+    ):
+        try:
+            leaf = "".join(
+                (
+                    '{"actor":',
+                    _ENCODE_STR(actor),
+                    ',"payload":',
+                    canonical.decode(),
+                    ',"request_id":',
+                    "null" if request_id is None else _ENCODE_STR(request_id),
+                    ',"seq":',
+                    str(seq),
+                    ',"ts":"',
+                    encode_ts(ts),
+                    '","type":',
+                    _ENCODE_STR(type),
+                    "}",
+                )
+            ).encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return leaf, canonical
+    return _reference_leaf(seq, ts, type, actor, request_id, payload), canonical
+
+
+def _reference_leaf(
     seq: int, ts: datetime, type: str, actor: str, request_id: str | None, payload: dict[str, Any]
 ) -> bytes:
-    """RFC 8785 canonical JSON of the event: the bytes a Merkle leaf commits to."""
     return canonical_json(
         {
             "seq": seq,
@@ -57,6 +142,13 @@ def leaf_bytes(
             "payload": payload,
         }
     )
+
+
+def leaf_bytes(
+    seq: int, ts: datetime, type: str, actor: str, request_id: str | None, payload: dict[str, Any]
+) -> bytes:
+    """RFC 8785 canonical JSON of the event: the bytes a Merkle leaf commits to."""
+    return event_leaf(seq, ts, type, actor, request_id, payload)[0]
 
 
 def leaf_hash(leaf: bytes) -> bytes:

@@ -492,17 +492,21 @@ class Store:
         first_seq: int = conn.execute(
             select(ledger_head.c.next_seq).where(ledger_head.c.id == 1).with_for_update()
         ).scalar_one()
+        # Imported here: `event_leaf` gives the leaf and the canonical payload from one canonicalisation.
+        from keyturn.store.records import event_leaf
+
         rows = []
         for seq, event in enumerate(new_events, start=first_seq):
-            leaf = leaf_bytes(seq, event.ts, event.type.value, event.actor, event.request_id, event.payload)
+            kind = event.type.value
+            leaf, payload = event_leaf(seq, event.ts, kind, event.actor, event.request_id, event.payload)
             rows.append(
                 {
                     "seq": seq,
                     "ts": event.ts,
-                    "type": event.type.value,
+                    "type": kind,
                     "actor": event.actor,
                     "request_id": event.request_id,
-                    "payload": canonical_json(event.payload).decode(),
+                    "payload": payload.decode(),
                     "leaf_hash": leaf_hash(leaf).hex(),
                 }
             )
