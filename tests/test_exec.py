@@ -167,10 +167,10 @@ def test_a_reviewer_denial_prints_the_reason_and_nothing_runs(server: LiveServer
     child = _start(server, tmp_path, "touch", "denied-marker")
     request = _pending(server, "denied-marker")
     with server.client(ALICE) as alice:
-        alice.review(request["id"], "deny", "use the staging cluster")
+        alice.review(request["id"], "deny", "use the [bold]staging[/bold] cluster")
     _, stderr = child.communicate(timeout=30)
     assert child.returncode == 77
-    assert f"denied by {ALICE}: use the staging cluster" in stderr
+    assert f"denied by {ALICE}: use the [bold]staging[/bold] cluster" in stderr
     assert not (tmp_path / "denied-marker").exists()
 
 

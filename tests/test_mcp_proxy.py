@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from mcp.client.session import ClientSession
 
+from keyturn.client import ApiError
 from support.live import LiveServer, start_server
 from support.mcp_harness import (
     AGENT,
@@ -166,10 +167,10 @@ async def test_commit_waits_for_approval_and_uses_the_edited_message(
     keyturn: LiveServer, repo: Path, agent: ClientSession
 ) -> None:
     stage(repo, "edited.txt")
-    progress: list[str] = []
+    heard: list[str] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(message or "")
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append(message or "")
 
     outcome: dict[str, types.CallToolResult] = {}
 
@@ -184,12 +185,12 @@ async def test_commit_waits_for_approval_and_uses_the_edited_message(
         assert pending["still_needed"], pending
         # Pending: nothing is committed yet, and the client hears about the wait (heartbeat every 0.2 s).
         with anyio.fail_after(10):
-            while len(progress) < 3:
+            while len(heard) < 3:
                 await anyio.sleep(0.05)
         assert "edited.txt" in staged(repo)
         assert "wip" not in log_messages(repo)
-        assert pending["id"] in progress[0] and "waiting for approval" in progress[0]
-        assert "sre" in progress[-1]  # who is still needed
+        assert pending["id"] in heard[0] and "waiting for approval" in heard[0]
+        assert "sre" in heard[-1]  # who is still needed
         await review(keyturn, SRE, pending["id"], "approve", "reword it", message="feat: add edited.txt")
 
     result = outcome["result"]
@@ -318,3 +319,24 @@ async def test_unreachable_keyturn_fails_closed(keyturn: LiveServer, repo: Path)
     assert "sneaky" not in log_messages(repo)
     assert "unreachable.txt" in staged(repo)
     unstage(repo, "unreachable.txt")
+
+
+async def test_a_call_the_agent_abandons_is_cancelled_and_never_runs(
+    keyturn: LiveServer, repo: Path, agent: ClientSession
+) -> None:
+    stage(repo, "abandoned.txt")
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(agent.call_tool, "git_commit", {"repo_path": str(repo), "message": "abandoned"})
+            pending = await wait_for_request(
+                keyturn, for_repo(repo, "mcp.git.git_commit", message="abandoned")
+            )
+            scope.cancel()  # the client gives up: the SDK sends notifications/cancelled to the proxy
+    assert scope.cancelled_caught
+    done = await wait_status(keyturn, pending["id"], "cancelled")
+    assert done["status"] == "cancelled"
+    # nobody can approve it any more, so it can never run later
+    with pytest.raises(ApiError):
+        await review(keyturn, SRE, pending["id"], "approve", "too late")
+    assert "abandoned" not in log_messages(repo)
+    unstage(repo, "abandoned.txt")

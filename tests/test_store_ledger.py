@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keyturn import workflow
 from keyturn.store import Store, StoreError
-from keyturn.store.records import encode_ts, leaf_bytes
+from keyturn.store.records import canonical_payload, encode_ts, event_leaf, leaf_bytes
 
 if TYPE_CHECKING:
     from conftest import RequestFactory
@@ -83,3 +87,96 @@ def test_ledger_keys(store: Store, factory: RequestFactory) -> None:
     assert keys["ledger-1"].public_key == "MCowBQYDK2VwAyEA…"
     assert keys["ledger-1"].retired_at == datetime(2030, 1, 7, 9, 0, 3, tzinfo=UTC)
     assert keys["ledger-2"].retired_at is None
+
+
+# --- the fast leaf encoder is byte-for-byte the reference -----------------------------------------------
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)  # straddles the RFC 8785 range: both must refuse
+    | st.floats(allow_nan=True, allow_infinity=True)  # NaN/inf: both must refuse
+    | st.text()
+    | st.text(st.characters(codec="utf-8") | st.sampled_from('\x00\x1f\x7f"\\\u2028\ue000\U0001f600'))
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(
+            st.text(max_size=6) | st.sampled_from(["\ue000", "\U0001f600", "a", "é"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+_zones = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(-timedelta(hours=5, minutes=30))])
+
+
+def _reference_leaf(
+    seq: int, ts: datetime, type: str, actor: str, request_id: str | None, payload: object
+) -> bytes:
+    """The definition: rfc8785 over the whole event, `ts` spelled by strftime."""
+    return bytes(
+        rfc8785.dumps(
+            {
+                "seq": seq,
+                "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "type": type,
+                "actor": actor,
+                "request_id": request_id,
+                "payload": payload,  # type: ignore[dict-item]
+            }
+        )
+    )
+
+
+def _outcome(produce: Callable[[], object]) -> object:
+    try:
+        return produce()
+    except (ValueError, TypeError, RecursionError) as exc:  # CanonicalizationError is a ValueError
+        return type(exc)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seq=st.integers(min_value=0, max_value=2**54),
+    ts=st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 30), timezones=_zones),
+    type=st.text(max_size=12),
+    actor=st.text(max_size=12),
+    request_id=st.none() | st.text(max_size=12),
+    payload=st.dictionaries(st.text(max_size=8), _json_values, max_size=5),
+)
+def test_fast_leaf_equals_rfc8785_of_the_whole_event(
+    seq: int, ts: datetime, type: str, actor: str, request_id: str | None, payload: dict[str, Any]
+) -> None:
+    expected = _outcome(lambda: _reference_leaf(seq, ts, type, actor, request_id, payload))
+    assert _outcome(lambda: leaf_bytes(seq, ts, type, actor, request_id, payload)) == expected
+    fast = _outcome(lambda: event_leaf(seq, ts, type, actor, request_id, payload))
+    if isinstance(expected, bytes):
+        assert fast == (expected, bytes(rfc8785.dumps(payload)))
+    else:
+        assert fast == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=_json_values)
+def test_canonical_payload_equals_rfc8785(payload: object) -> None:
+    assert _outcome(lambda: canonical_payload(payload)) == _outcome(lambda: bytes(rfc8785.dumps(payload)))  # type: ignore[arg-type]
+
+
+def test_fast_leaf_edge_cases() -> None:
+    at = datetime(2030, 1, 7, 9, 0, 1, tzinfo=UTC)
+    for payload in (
+        {"n": 2**53 - 1, "m": -(2**53) + 1, "f": 1e21, "g": 1e-7, "h": -0.0, "i": 5e-324},
+        {"\U0001f600": 1, "\ue000": 2, "z": [True, False, None, "", "\u2028\x00\x7f"]},
+        {"nested": {"b": {"d": [], "c": {}}, "a": [1, [2, [3]]]}},
+        {"big": 2**53},  # outside the RFC 8785 integer range: refused like the reference
+        {"bad": "\ud800"},  # a lone surrogate: refused like the reference
+        {"t": (1, 2)},
+    ):
+        expected = _outcome(lambda: _reference_leaf(3, at, "t", "a", None, payload))
+        assert _outcome(lambda: leaf_bytes(3, at, "t", "a", None, payload)) == expected, payload
+    assert encode_ts(datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == datetime(999, 1, 2, 3, 4, 5, 6).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )

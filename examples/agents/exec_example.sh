@@ -27,9 +27,10 @@ fi
   --justification "clean the build directory before the release build" \
   --timeout 600 -- sh -c 'echo "cleaning $(pwd)/build"; rm -rf ./build-example-tmp'
 
-# 2. A deployment with a brokered secret: the rule `deploys` grants DEPLOY_TOKEN, which the server reads
-#    from its own environment (KEYTURN_DEMO_DEPLOY_TOKEN when `make serve` started) and hands to this
-#    command only, with the consumed grant. The agent never sees it; it is never printed.
+# 2. A deployment with a brokered secret (reviewed too: tier high). The rule `deploys` grants
+#    DEPLOY_TOKEN, which the server reads from its own environment (KEYTURN_DEMO_DEPLOY_TOKEN when
+#    `make serve` started) and hands to this command only, with the consumed grant. The agent never
+#    sees it; it is never printed.
 "$KEYTURN" exec --action deploy.run --resource "prod/web" \
   --justification "release 1.4.2" --timeout 600 -- \
   sh -c 'test -n "$DEPLOY_TOKEN" && echo "deploying with a token of ${#DEPLOY_TOKEN} characters"'

@@ -36,7 +36,7 @@ from keyturn.model import (
 )
 from keyturn.policy import PolicyHolder
 from keyturn.redact import redact_document
-from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, Store
+from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
 
 log = logging.getLogger("keyturn")
 
@@ -70,6 +70,13 @@ class Forbidden(ServiceError):
 class Conflict(ServiceError):
     status = 409
     code = "conflict"
+
+
+class Unprocessable(ServiceError):
+    """Well-formed JSON the lifecycle refuses for what it says (a deny without reason, a refused edit)."""
+
+    status = 422
+    code = "unprocessable"
 
 
 class Unavailable(ServiceError):
@@ -199,6 +206,20 @@ class Keyturn:
         limit: int,
         cursor: str | None,
     ) -> tuple[list[RequestRecord], str | None]:
+        try:
+            return self._list(principal, status=status, reviewable=reviewable, limit=limit, cursor=cursor)
+        except InvalidCursor as exc:
+            raise ServiceError(f"cursor: {exc}", {"field": "query.cursor"}) from exc
+
+    def _list(
+        self,
+        principal: Principal,
+        *,
+        status: Status | None,
+        reviewable: bool,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[RequestRecord], str | None]:
         if reviewable:
             if principal.kind.value != "human":
                 return [], None
@@ -304,6 +325,15 @@ class Keyturn:
         detail: str,
     ) -> RequestRecord:
         def step(record: RequestRecord, now: datetime) -> workflow.Transition:
+            if record.status is Status.EXECUTING and principal.id not in (
+                record.executor,
+                record.request.requester.id,
+            ):
+                # who may report is a question of identity (403), not of the request's state (409)
+                raise Forbidden(
+                    f"only the requester or the executor can report the result of {record.id}",
+                    {"code": "not_executor"},
+                )
             return workflow.report_result(
                 record, principal, succeeded, now, output_digest=output_digest, detail=detail
             )
@@ -341,10 +371,7 @@ class Keyturn:
                 self._expire_quietly(record, now)
                 raise Conflict(exc.message, {"code": exc.code}) from exc
             except workflow.WorkflowError as exc:
-                status = Forbidden if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester) else Conflict
-                if isinstance(exc, workflow.EditRefused | workflow.ReasonRequired):
-                    raise ServiceError(exc.message, {"code": exc.code}) from exc
-                raise status(exc.message, {"code": exc.code}) from exc
+                raise _service_error(exc) from exc
             try:
                 return self.store.apply(transition, expected_version=record.version)
             except ConcurrentUpdate:
@@ -395,6 +422,30 @@ class Keyturn:
                 raise Unavailable(f"secret {name!r} is configured but has no value")
             values[name] = value
         return values
+
+
+# Which body field a refusal is about, so a client can point at it.
+_REFUSED_FIELDS: dict[type[workflow.WorkflowError], str] = {
+    workflow.ReasonRequired: "body.comment",
+    workflow.EditRefused: "body.params",
+}
+
+
+def _service_error(exc: workflow.WorkflowError) -> ServiceError:
+    """The HTTP meaning of a lifecycle refusal; `detail.code` keeps the workflow's precise code.
+
+    422: the body asks for something the rules refuse (deny without reason, an edit policy refuses);
+    403: this caller may not do this (self review, agent, on-behalf-of, not qualified, not the requester);
+    409: the request's state does not allow it (decided, expired, grant consumed or mismatched).
+    """
+    detail: dict[str, Any] = {"code": exc.code}
+    for kind, where in _REFUSED_FIELDS.items():
+        if isinstance(exc, kind):
+            detail["field"] = where
+            return Unprocessable(exc.message, detail)
+    if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester):
+        return Forbidden(exc.message, detail)
+    return Conflict(exc.message, detail)
 
 
 def merge_params(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

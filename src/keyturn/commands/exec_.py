@@ -31,6 +31,7 @@ from typing import IO, Annotated, Any
 import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from keyturn.sdk import (
@@ -115,28 +116,34 @@ def run(
             status.close()
             argv, cwd = approved_command(params, approval.params)
             if approval.edited:
-                errors.print(f"[yellow]a reviewer edited the command:[/yellow] {_shown(argv)} in {cwd}")
+                errors.print(
+                    f"[yellow]a reviewer edited the command:[/yellow] {_shown(argv)} in {escape(cwd)}"
+                )
             errors.print(f"[green]✓ approved[/green] {approval.request_id}: running {_shown(argv)}")
             code, digest = execute(argv, cwd, approval.secrets)
             approval.report(code == 0, output_digest=digest, detail=f"exit code {code}")
     except Denied as denied:
-        errors.print(f"[red]✗ not run[/red] ({denied.request_id}): {denied}")
+        errors.print(f"[red]✗ not run[/red] ({denied.request_id}): {escape(str(denied))}")
         raise typer.Exit(EXIT_NOPERM) from None
     except GrantRefused as exc:
-        errors.print(f"[red]✗ not run[/red]: the grant was refused: {exc.message}")
+        errors.print(f"[red]✗ not run[/red]: the grant was refused: {escape(exc.message)}")
         raise typer.Exit(EXIT_NOPERM) from None
     except ApprovalTimeout as exc:
-        errors.print(f"[magenta]✗ not run[/magenta]: {exc}")
+        errors.print(f"[magenta]✗ not run[/magenta]: {escape(str(exc))}")
         raise typer.Exit(EXIT_TEMPFAIL) from None
     except Unreachable as exc:
-        errors.print(f"[red]✗ not run[/red]: {exc}")
+        errors.print(f"[red]✗ not run[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except UnrunnableCommand as exc:
-        errors.print(f"[red]✗ not run[/red]: {exc}")
+        errors.print(f"[red]✗ not run[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_DATAERR) from None
     except KeyturnError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        # The SDK cancelled the pending request on the way out; a running command got the signal too.
+        errors.print("[red]interrupted[/red]")
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 
@@ -171,7 +178,7 @@ def approved_command(asked: dict[str, Any], approved: dict[str, Any]) -> tuple[l
 
 
 def _shown(argv: list[str]) -> str:
-    return shlex.join(argv)
+    return escape(shlex.join(argv))
 
 
 def _os_user() -> str:
@@ -298,7 +305,7 @@ class StatusLine:
         for review in (view.get("reviews") or [])[self.comments_shown :]:
             verb = "approved" if review.get("decision") == "approve" else "denied"
             comment = f": {review['comment']}" if review.get("comment") else ""
-            self.console.print(f"  {review.get('reviewer')} {verb}{comment}")
+            self.console.print(f"  {review.get('reviewer')} {verb}{comment}", markup=False)
         self.comments_shown = len(view.get("reviews") or [])
         if view.get("status") != "pending":
             self.close()

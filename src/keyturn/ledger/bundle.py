@@ -17,10 +17,17 @@ can still read the file (`.event` is an ordinary object). Reading needs only the
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import os
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from keyturn.ledger.merkle import CompactRange
 from keyturn.ledger.note import NoteError, VerifierKey
-from keyturn.ledger.verify import CheckpointSource, LeafEntry, Problem, VerifyResult, verify_log
+from keyturn.ledger.verify import (
+    CheckedRun,
+    CheckpointSource,
+    LeafEntry,
+    Problem,
+    VerifyResult,
+    verify_log,
+)
 
 if TYPE_CHECKING:
     from keyturn.store import Store
@@ -37,6 +51,13 @@ FORMAT = "keyturn-ledger-bundle/1"
 _PREFIX = b'{"leaf_hash":"'
 _MIDDLE = b'","event":'
 _LEAF_AT = len(_PREFIX) + 64 + len(_MIDDLE)
+_HEX_AT = len(_PREFIX)
+_MIDDLE_AT = _LEAF_AT - len(_MIDDLE)
+
+# Fast verification reads events.jsonl in blocks of whole lines; from `PARALLEL_BYTES` on, the blocks are
+# hashed by worker processes (one per CPU) while this one hashes the file and builds the tree.
+BLOCK_BYTES = 4 << 20
+PARALLEL_BYTES = 32 << 20
 
 
 class BundleError(Exception):
@@ -90,24 +111,223 @@ class Bundle:
             for number, raw in enumerate(lines, start=1):
                 if digest is not None:
                     digest.update(raw)
-                line = raw.rstrip(b"\r\n")
-                location = f"events.jsonl:{number}"
-                if (
-                    line.startswith(_PREFIX)
-                    and line[_LEAF_AT - len(_MIDDLE) : _LEAF_AT] == _MIDDLE
-                    and line.endswith(b"}")
-                ):
-                    try:
-                        recorded = bytes.fromhex(line[len(_PREFIX) : _LEAF_AT - len(_MIDDLE)].decode())
-                    except ValueError:
-                        recorded = None
-                    yield LeafEntry(line[_LEAF_AT:-1], recorded, location)
-                else:
-                    yield _reformatted(line, location)
+                yield _entry(raw.rstrip(b"\r\n"), f"events.jsonl:{number}")
+
+    def checked_entries(
+        self, digest: Any = None, workers: int | None = None
+    ) -> Iterator[LeafEntry | CheckedRun]:
+        """The events for `verify_log`, fast: runs of lines already checked (`CheckedRun`), and each line
+        that fails a fast check (a changed, moved or re-formatted event) as the `LeafEntry` that
+        `entries()` gives, so `verify_log` names problems exactly as it does with `entries()`.
+
+        `workers`: processes hashing blocks in parallel (default: one per CPU for a large file; 0 or 1
+        hashes in this process). `digest` sees every byte of the file, as with `entries()`.
+        """
+        path = self.path / "events.jsonl"
+        if workers is None:
+            workers = (os.cpu_count() or 1) if path.stat().st_size >= PARALLEL_BYTES else 0
+        pool = _Workers.start(workers) if workers > 1 else None
+        try:
+            yield from self._checked(path, digest, pool, 2 * max(workers, 1) + 2)
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _checked(
+        self, path: Path, digest: Any, pool: _Workers | None, depth: int
+    ) -> Iterator[LeafEntry | CheckedRun]:
+        queue: deque[tuple[bytes, int, int, Future[tuple[bytes, int, int]] | None]] = deque()
+
+        def blocks() -> Iterator[tuple[bytes, int, int]]:
+            """(whole lines, seq of the first, its line number): each block as read, hashed into `digest`."""
+            seq, number, rest = self.first_seq, 1, b""
+            with path.open("rb") as source:
+                while True:
+                    chunk = source.read(BLOCK_BYTES)
+                    if digest is not None and chunk:
+                        digest.update(chunk)
+                    data = rest + chunk
+                    cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                    block, rest = data[:cut], data[cut:]
+                    if block:
+                        yield block, seq, number
+                        lines = block.count(b"\n") + (not block.endswith(b"\n"))
+                        seq, number = seq + lines, number + lines
+                    if not chunk:
+                        return
+
+        def settle(
+            block: bytes, seq: int, number: int, done: tuple[bytes, int, int]
+        ) -> Iterator[LeafEntry | CheckedRun]:
+            hashes, checked, total = done
+            if checked:
+                yield CheckedRun(hashes)
+            if checked < total:  # the rest of this block goes the careful way, line by line
+                lines = _split(block)
+                for offset in range(checked, total):
+                    yield _entry(lines[offset].rstrip(b"\r"), f"events.jsonl:{number + offset}")
+
+        for block, seq, number in blocks():
+            if pool is None:
+                yield from settle(block, seq, number, scan_block(block, seq))
+                continue
+            queue.append((block, seq, number, pool.submit(block, seq)))
+            while len(queue) >= depth:
+                block, seq, number, future = queue.popleft()
+                assert future is not None
+                yield from settle(block, seq, number, future.result())
+        while queue:
+            block, seq, number, future = queue.popleft()
+            assert future is not None
+            yield from settle(block, seq, number, future.result())
 
     def events(self) -> Iterator[dict[str, Any]]:
         for entry in self.entries():
             yield json.loads(entry.leaf)
+
+
+def _split(block: bytes) -> list[bytes]:
+    lines = block.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def scan_block(block: bytes, first_seq: int) -> tuple[bytes, int, int]:
+    """(leaf hashes, lines checked, lines) of a block of events.jsonl whose first line has `first_seq`.
+
+    Checks each line as `verify_log` would (seq, recomputed leaf hash = recorded one), in the exported
+    format only, and stops at the first line that does not pass: the caller hands that line and the rest
+    of the block to `verify_log` one by one, which then names the problem (or accepts, e.g., a re-formatted
+    line). Passing here implies passing there, so nothing is accepted that the careful path would refuse.
+    Runs in worker processes: stdlib only.
+    """
+    lines = _split(block)
+    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    prefix, middle = _PREFIX, _MIDDLE
+    hex_at, middle_at, leaf_at = _HEX_AT, _MIDDLE_AT, _LEAF_AT
+    hashes = []
+    seq = first_seq
+    for line in lines:
+        if not (line.startswith(prefix) and line.startswith(middle, middle_at) and line.endswith(b"}")):
+            break
+        leaf = line[leaf_at:-1]
+        leaf_hash = sha256(b"\x00" + leaf).digest()
+        if hexlify(leaf_hash) != line[hex_at:middle_at]:
+            break
+        at = leaf.rfind(b',"seq":')
+        if at < 0 or not leaf.startswith(b"%d," % seq, at + 7):
+            break
+        hashes.append(leaf_hash)
+        seq += 1
+    return b"".join(hashes), seq - first_seq, len(lines)
+
+
+class _Workers:
+    """Processes running `scan_block` on blocks piped to them, each driven by a thread of this process.
+
+    Each is a fresh interpreter (`python -I -S -c <scan_block's source>`): no fork of a process that may hold
+    locks, no re-import of the caller's main module, nothing but the standard library loaded. A worker that
+    fails is replaced by scanning its block here, so the result never depends on the workers.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self._processes = processes
+        self._idle: list[subprocess.Popen[bytes] | None] = list(processes)
+        self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(len(processes), thread_name_prefix="keyturn-verify")
+
+    @classmethod
+    def start(cls, count: int) -> _Workers | None:
+        try:
+            import inspect
+
+            program = "\n".join(
+                [
+                    "import binascii, hashlib, struct, sys",
+                    *(f"{name} = {globals()[name]!r}" for name in _SCAN_CONSTANTS),
+                    inspect.getsource(_split),
+                    inspect.getsource(scan_block),
+                    _SERVE,
+                ]
+            )
+            if not sys.executable:
+                return None
+            processes = [
+                subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", program],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                for _ in range(count)
+            ]
+        except (OSError, TypeError):  # no source to send (a frozen install), or no interpreter to start
+            return None
+        return cls(processes)
+
+    def submit(self, block: bytes, seq: int) -> Future[tuple[bytes, int, int]]:
+        return self._threads.submit(self._run, block, seq)
+
+    def _run(self, block: bytes, seq: int) -> tuple[bytes, int, int]:
+        with self._lock:
+            process = self._idle.pop()  # as many threads as processes: never empty
+        if process is None:
+            return scan_block(block, seq)
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(struct.pack("<QQ", seq, len(block)))
+            process.stdin.write(block)
+            process.stdin.flush()
+            checked, total = struct.unpack("<QQ", process.stdout.read(16))
+            hashes = process.stdout.read(checked * 32)
+            if len(hashes) != checked * 32:
+                raise OSError("short answer from a verify worker")
+        except (OSError, ValueError, struct.error):
+            process.kill()
+            with self._lock:
+                self._idle.append(None)
+            return scan_block(block, seq)
+        with self._lock:
+            self._idle.append(process)
+        return hashes, checked, total
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for process in self._processes:
+            try:
+                if process.stdin is not None:
+                    process.stdin.close()
+                process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+_SCAN_CONSTANTS = ("_PREFIX", "_MIDDLE", "_HEX_AT", "_MIDDLE_AT", "_LEAF_AT")
+_SERVE = """
+source, sink = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    head = source.read(16)
+    if len(head) < 16:
+        break
+    seq, size = struct.unpack("<QQ", head)
+    hashes, checked, total = scan_block(source.read(size), seq)
+    sink.write(struct.pack("<QQ", checked, total) + hashes)
+    sink.flush()
+"""
+
+
+def _entry(line: bytes, location: str) -> LeafEntry:
+    """One line as `Bundle.entries()` reads it."""
+    if line.startswith(_PREFIX) and line[_MIDDLE_AT:_LEAF_AT] == _MIDDLE and line.endswith(b"}"):
+        try:
+            recorded: bytes | None = bytes.fromhex(line[_HEX_AT:_MIDDLE_AT].decode())
+        except ValueError:
+            recorded = None
+        return LeafEntry(line[_LEAF_AT:-1], recorded, location)
+    return _reformatted(line, location)
 
 
 def _reformatted(line: bytes, location: str) -> LeafEntry:
@@ -145,9 +365,16 @@ def read_bundle(path: Path) -> Bundle:
 
 
 def verify_bundle(
-    path: Path, external: Sequence[CheckpointSource] = (), trusted: Sequence[VerifierKey] = ()
+    path: Path,
+    external: Sequence[CheckpointSource] = (),
+    trusted: Sequence[VerifierKey] = (),
+    *,
+    workers: int | None = None,
 ) -> VerifyResult:
-    """Verify a bundle offline. `trusted` pins the keys; without it the bundle's own keys.json is used."""
+    """Verify a bundle offline. `trusted` pins the keys; without it the bundle's own keys.json is used.
+
+    `workers`: see `Bundle.checked_entries` (default: parallel for large bundles).
+    """
     bundle = read_bundle(path)
     try:
         keys = list(trusted) or bundle.keys()
@@ -157,7 +384,7 @@ def verify_bundle(
         )
     digest = hashlib.sha256()
     result = verify_log(
-        bundle.entries(digest),
+        bundle.checked_entries(digest, workers),
         [*bundle.checkpoint_sources(), *external],
         keys,
         origin=bundle.origin,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyturn.ledger.merkle import CompactRange, hash_leaf
+from keyturn.ledger.merkle import HASH_SIZE, CompactRange, hash_leaf
 from keyturn.ledger.note import NoteError, SignatureError, SignedCheckpoint, VerifierKey
 
 
@@ -33,6 +33,20 @@ class LeafEntry:
     leaf: bytes  # the canonical JSON the Merkle leaf commits to
     recorded_hash: bytes | None  # the leaf hash stored when the event was appended, if known
     location: str  # "events.jsonl:12" or "database seq 11", for messages
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """Consecutive events a producer already checked exactly as `verify_log` checks a `LeafEntry` (each seq
+    equals its position, each recomputed leaf hash equals the recorded one), given by their leaf hashes:
+    32 bytes each, concatenated. A producer hands over any event it could not check this way as a
+    `LeafEntry`, so problems are still found and named by `verify_log` itself, in log order.
+    """
+
+    hashes: bytes
+
+    def __len__(self) -> int:
+        return len(self.hashes) // HASH_SIZE
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,7 @@ def leaf_seq(leaf: bytes) -> int:
 
 
 def verify_log(
-    entries: Iterable[LeafEntry],
+    entries: Iterable[LeafEntry | CheckedRun],
     checkpoints: Sequence[CheckpointSource],
     keys: Sequence[VerifierKey],
     *,
@@ -161,6 +175,20 @@ def verify_log(
                 )
         position = 0
         for entry in entries:
+            if entry.__class__ is CheckedRun:
+                assert isinstance(entry, CheckedRun)
+                hashes = memoryview(entry.hashes)
+                while hashes:
+                    # Up to the next checkpoint's size at most, so each is checked at its exact size.
+                    room = (pending[0][0].size - frontier.size) * HASH_SIZE if pending else len(hashes)
+                    frontier.extend_packed(hashes[:room])
+                    position += len(hashes[:room]) // HASH_SIZE
+                    hashes = hashes[room:]
+                    while pending and pending[0][0].size == frontier.size:
+                        cp, source = pending.pop(0)
+                        _check_checkpoint(cp, source, frontier.root(), keys, origin, first, result, used)
+                continue
+            assert isinstance(entry, LeafEntry)
             seq = first + position
             try:
                 actual = leaf_seq(entry.leaf)

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import httpx
 import mcp.types as types
 
 from keyturn.mcp.naming import action_for, call_context, resource_for
 from keyturn.sdk import AsyncGate, Denied, KeyturnError
 
 log = logging.getLogger("keyturn.mcp")
+
+CLEANUP_SECONDS = 10.0  # the longest a cancelled call may spend telling keyturn it was abandoned
 
 
 class ProgressSink(Protocol):
@@ -71,6 +74,7 @@ class _Progress:
         self.count = 0
         self.message = "submitted to keyturn for approval"
         self.done = anyio.Event()
+        self.request_id: str | None = None  # known from the first state change (pending)
 
     async def send(self, message: str | None = None) -> None:
         if message is not None:
@@ -83,13 +87,11 @@ class _Progress:
 
     async def relay(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """The upstream's own progress during the call, renumbered to stay monotonic for the client."""
-        await self.send(message or f"{self.server_progress(progress, total)}")
-
-    @staticmethod
-    def server_progress(progress: float, total: float | None) -> str:
-        return f"upstream progress {progress:g}" + (f"/{total:g}" if total is not None else "")
+        of = f"/{total:g}" if total is not None else ""
+        await self.send(message or f"upstream progress {progress:g}{of}")
 
     async def on_update(self, view: dict[str, Any]) -> None:
+        self.request_id = str(view.get("id") or "") or self.request_id
         await self.send(describe_wait(view))
 
     async def heartbeat(self) -> None:
@@ -124,11 +126,10 @@ class ToolGate:
         failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(ticker.heartbeat)
+            # An error is re-raised below, outside the task group, so that it is not wrapped in a group.
             try:
                 outcome = await self._gated(tool_name, arguments, tool, client, ticker, forward)
-            except (
-                Exception
-            ) as exc:  # re-raised below, outside the task group, so it is not wrapped in a group
+            except Exception as exc:
                 failure = exc
             finally:
                 ticker.done.set()
@@ -148,6 +149,7 @@ class ToolGate:
     ) -> types.CallToolResult:
         result: types.CallToolResult | None = None
         request_id: str | None = None
+        granted = False
         try:
             async with self.gate.request(
                 action_for(self.server, tool_name),
@@ -158,7 +160,7 @@ class ToolGate:
                 on_update=ticker.on_update,
             ) as approval:
                 ticker.done.set()
-                request_id = approval.request_id
+                granted, request_id = True, approval.request_id
                 result = await forward(dict(approval.params), ticker.relay)
                 await approval.report(
                     not result.is_error,
@@ -166,6 +168,10 @@ class ToolGate:
                     # not the result's text: tool output can carry data that must not reach the ledger
                     detail="the tool returned isError" if result.is_error else "",
                 )
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled the call (notifications/cancelled) or went away.
+            await self._after_cancellation(request_id or ticker.request_id, granted, result is not None)
+            raise
         except Denied as exc:
             return error_result(exc.for_model())
         except KeyturnError as exc:
@@ -178,6 +184,26 @@ class ToolGate:
             )
         assert result is not None  # the approval block either runs forward() or raises
         return result
+
+    async def _after_cancellation(self, request_id: str | None, granted: bool, ran: bool) -> None:
+        """Make an abandoned call final in keyturn: cancel it if still pending, else record the failure.
+
+        The MCP SDK cancels a handler through an anyio cancel scope, which cancels every later `await` in
+        the task too, so the SDK's own clean-up on cancellation cannot get through; this one is shielded.
+        """
+        if request_id is None or ran:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
+            try:
+                if not granted:
+                    await self.gate.cancel(request_id, "the MCP client cancelled the tool call")
+                else:
+                    await self.gate.report(
+                        request_id, False, detail="the MCP client cancelled the call as it ran"
+                    )
+            except (KeyturnError, httpx.HTTPError) as exc:
+                # e.g. decided in the meantime: then the grant was never consumed, and nothing ran
+                log.info("keyturn request %s: clean-up after cancellation: %s", request_id, exc)
 
 
 def _plain(exc: BaseException) -> str:

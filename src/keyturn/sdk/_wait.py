@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import httpx
@@ -144,7 +144,7 @@ class Watcher:
 
 async def watch(
     http: httpx.AsyncClient, request_id: str, state: dict[str, Any]
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every state of one request until it is decided; the caller bounds it with a timeout.
 
     `state["network_error"]` keeps the latest transient failure so a timeout can say the server was lost.

@@ -8,7 +8,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -135,8 +135,9 @@ class AsyncGate:
         state: dict[str, Any] = {}
         last: dict[str, Any] | None = None
         try:
-            async with asyncio.timeout(timeout):
-                async for view in watch(self._http, request_id, state):
+            # aclosing: leaving the loop at the decision must close the stream now, not at garbage collection.
+            async with asyncio.timeout(timeout), aclosing(watch(self._http, request_id, state)) as views:
+                async for view in views:
                     last = view
                     key = _core.view_key(view)
                     if on_update is not None and key != seen:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keyturn import metrics
 from keyturn.identity import AuthenticationError, AuthorizationError
 from keyturn.service import ServiceError
+from keyturn.store import StoreUnavailable
 
 log = logging.getLogger("keyturn.server")
 
@@ -41,6 +42,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return error_response(exc.status, exc.detail.get("code", exc.code), exc.message, exc.detail)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # the database is down or busy: a retry may well succeed, so say so instead of a 500
+        log.warning("database unavailable: %s", exc)
+        return error_response(503, "unavailable", "the database is unavailable; try again", None, **{"Retry-After": "1"})
 
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(_: Request, exc: AuthenticationError) -> JSONResponse:

@@ -500,17 +500,26 @@ class Store:
             kind = event.type.value
             leaf, payload = event_leaf(seq, event.ts, kind, event.actor, event.request_id, event.payload)
             rows.append(
-                {
-                    "seq": seq,
-                    "ts": event.ts,
-                    "type": kind,
-                    "actor": event.actor,
-                    "request_id": event.request_id,
-                    "payload": payload.decode(),
-                    "leaf_hash": leaf_hash(leaf).hex(),
-                }
+                (seq, event.ts, kind, event.actor, event.request_id, payload.decode(), leaf_hash(leaf).hex())
             )
-        conn.execute(insert(events), rows)
+        columns = ("seq", "ts", "type", "actor", "request_id", "payload", "leaf_hash")
+        if conn.dialect.name == "postgresql":
+            # COPY streams the rows in one command; an executemany would send (and psycopg would build)
+            # one INSERT per event. Same connection, same transaction, same lock.
+            driver: Any = conn.connection.driver_connection
+            target = conn.dialect.identifier_preparer.format_table(events)
+            with (
+                driver.cursor() as cursor,
+                cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    if row[1].tzinfo is None:  # what UtcDateTime refuses on the other path
+                        raise ValueError(
+                            f"naive datetime {row[1]!r}: keyturn stores aware UTC datetimes only"
+                        )
+                    copy.write_row(row)
+        else:
+            conn.execute(insert(events), [dict(zip(columns, row, strict=True)) for row in rows])
         conn.execute(update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=first_seq + len(rows)))
 
     def _raise_if_key_used(self, conn: Connection, requester: str, key: str) -> None:
