@@ -76,9 +76,13 @@ def sqlite_server(servers: Servers) -> LiveServer:
     return servers.get("sqlite")
 
 
+# One client for the module: building an httpx.Client per call costs tens of milliseconds.
+HTTP = httpx.Client(timeout=30.0, limits=httpx.Limits(max_connections=50))
+
+
 def call(server: LiveServer, who: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
     headers = {**(server.headers(who) if who else {}), **kwargs.pop("headers", {})}
-    return httpx.request(method, server.url + path, headers=headers, timeout=30.0, **kwargs)
+    return HTTP.request(method, server.url + path, headers=headers, **kwargs)
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:

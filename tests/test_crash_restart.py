@@ -81,7 +81,7 @@ def test_kill_9_with_a_thousand_pending_requests(tmp_path: Path) -> None:
             who = REVIEWERS[i % len(REVIEWERS)]
             request_id = ids[(i // len(REVIEWERS)) % REVIEWED]
             try:
-                response = httpx.post(
+                response = http.post(
                     f"{server.url}/v1/actions/{request_id}/reviews",
                     json={"decision": "approve", "comment": "ok"},
                     headers=server.headers(who),
@@ -99,7 +99,7 @@ def test_kill_9_with_a_thousand_pending_requests(tmp_path: Path) -> None:
 
         killer = threading.Thread(target=kill_after_some_reviews)
         killer.start()
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with httpx.Client(limits=httpx.Limits(max_connections=20)) as http, ThreadPoolExecutor(8) as pool:
             list(pool.map(approve, range(REVIEWED * len(REVIEWERS))))
         killer.join(60)
         assert killed.is_set(), f"the server was never killed: {outcomes}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,7 +153,7 @@ def test_workers_that_cannot_start_fall_back_to_this_process(
     exported: tuple[Path, list[CheckpointSource]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = exported
-    monkeypatch.setattr(bundle_module.sys, "executable", str(path / "no-such-python"))
+    monkeypatch.setattr(sys, "executable", str(path / "no-such-python"))
     assert verify_bundle(path, workers=2).ok
 
 

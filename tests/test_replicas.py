@@ -78,7 +78,7 @@ def test_two_hundred_concurrent_consumes_across_two_replicas_succeed_once(
         url = (one if i % 2 else two).url
         if i < 40:
             start.wait()  # the first wave leaves together
-        response = httpx.post(
+        response = http.post(
             url + "/v1/grants/consume",
             json={"grant": grant},
             headers={"Authorization": f"Bearer {token}"},
@@ -88,7 +88,7 @@ def test_two_hundred_concurrent_consumes_across_two_replicas_succeed_once(
         code = body["error"]["code"] if "error" in body else "ok"
         return response.status_code, code
 
-    with ThreadPoolExecutor(max_workers=40) as pool:
+    with httpx.Client(limits=httpx.Limits(max_connections=100)) as http, ThreadPoolExecutor(40) as pool:
         outcomes = list(pool.map(consume, range(200)))
     statuses = Counter(outcomes)
     assert statuses[(200, "ok")] == 1, statuses

@@ -175,8 +175,8 @@ def test_fast_leaf_edge_cases() -> None:
         {"bad": "\ud800"},  # a lone surrogate: refused like the reference
         {"t": (1, 2)},
     ):
-        expected = _outcome(lambda: _reference_leaf(3, at, "t", "a", None, payload))
-        assert _outcome(lambda: leaf_bytes(3, at, "t", "a", None, payload)) == expected, payload
+        expected = _outcome(lambda p=payload: _reference_leaf(3, at, "t", "a", None, p))  # type: ignore[misc]
+        assert _outcome(lambda p=payload: leaf_bytes(3, at, "t", "a", None, p)) == expected, payload  # type: ignore[misc]
     assert encode_ts(datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == datetime(999, 1, 2, 3, 4, 5, 6).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"
     )

@@ -116,7 +116,9 @@ def submit(
     params: Annotated[str, typer.Option(help="params as a JSON object")] = "{}",
     justification: Annotated[str, typer.Option(help="why")] = "",
     on_behalf_of: Annotated[str | None, typer.Option(help="the human this agent acts for")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="retries with the same key get one request")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="retries with the same key get one request")
+    ] = None,
     url: UrlOption = default_url(),
     token: TokenOption = None,
 ) -> None:
@@ -126,6 +128,9 @@ def submit(
     except json.JSONDecodeError as exc:
         errors.print(f"[red]error:[/red] --params is not JSON: {exc}")
         raise typer.Exit(2) from exc
+    if not isinstance(parsed, dict):
+        errors.print("[red]error:[/red] --params must be a JSON object, e.g. '{\"rows\": 10}'")
+        raise typer.Exit(2)
     try:
         with _client(url, token) as client:
             answer = client.submit(
@@ -189,12 +194,18 @@ def show(request_id: str, url: UrlOption = default_url(), token: TokenOption = N
         ("requester", item["requester"]["id"] + f" ({item['requester']['kind']})"),
         ("on behalf of", item["on_behalf_of"] or "-"),
         ("justification", item["justification"] or "-"),
-        ("decision", f"{verdict['decision']} by rules {', '.join(r['rule'] for r in verdict['rules']) or '-'}"),
+        (
+            "decision",
+            f"{verdict['decision']} by rules {', '.join(r['rule'] for r in verdict['rules']) or '-'}",
+        ),
         ("tier", verdict["tier"] or "-"),
         ("requires", " and ".join(_requirement(r) for r in verdict["requirements"]) or "-"),
         ("still needed", ", ".join(item["still_needed"]) or "-"),
         ("editable", ", ".join(verdict["editable"]) or "-"),
-        ("expires", f"{item['expires_at']} ({_time_left(item['expires_at'])})" if item["expires_at"] else "-"),
+        (
+            "expires",
+            f"{item['expires_at']} ({_time_left(item['expires_at'])})" if item["expires_at"] else "-",
+        ),
         ("policy", verdict["policy_revision"]),
     ]
     table = Table(show_header=False, box=None)
@@ -232,7 +243,9 @@ def _review(
     except ApiError as exc:
         raise _fail(exc) from exc
     still = ", ".join(answer["still_needed"])
-    console.print(f"{answer['id']}: {_status(answer['status'])}" + (f" — still needed: {still}" if still else ""))
+    console.print(
+        f"{answer['id']}: {_status(answer['status'])}" + (f" — still needed: {still}" if still else "")
+    )
 
 
 @app.command()
@@ -283,7 +296,11 @@ def wait(
     url: UrlOption = default_url(),
     token: TokenOption = None,
 ) -> None:
-    """Wait for a decision, showing who is still needed and the time left. Exit 0 when approved/allowed."""
+    """Wait for a decision, showing who is still needed and the time left.
+
+    Exit status: 0 approved or allowed (may run), 1 denied, expired or cancelled, 3 still pending when
+    --timeout ran out, so a script can tell "no" from "no answer yet".
+    """
     deadline = time.monotonic() + timeout
     try:
         with _client(url, token) as client, Live(console=console, transient=True) as live:
@@ -300,6 +317,9 @@ def wait(
     for entry in item["reviews"]:
         if entry["comment"]:
             console.print(f"  {entry['reviewer']} ({entry['decision']}): {entry['comment']}")
+    if item["status"] == "pending":
+        errors.print(f"still pending after {timeout:g}s; waiting on {', '.join(item['still_needed']) or '…'}")
+        raise typer.Exit(3)
     raise typer.Exit(0 if item["status"] in ("approved", "allowed", "executing", "succeeded") else 1)
 
 

@@ -19,6 +19,14 @@ class ApiError(Exception):
         self.detail = detail or {}
 
 
+class ServerUnreachable(ApiError):
+    """No HTTP answer at all: the server is down, the URL is wrong, or the connection broke."""
+
+    def __init__(self, url: str, exc: httpx.TransportError) -> None:
+        reason = str(exc) or exc.__class__.__name__
+        super().__init__(0, "unreachable", f"cannot reach the keyturn server at {url}: {reason}")
+
+
 def default_url() -> str:
     return os.environ.get("KEYTURN_URL", "http://127.0.0.1:8300")
 
@@ -34,7 +42,9 @@ def raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
         raise ApiError(response.status_code, error["code"], error["message"], error.get("detail"))
     except (ValueError, KeyError, TypeError):
-        raise ApiError(response.status_code, "http_error", response.text[:500] or response.reason_phrase) from None
+        raise ApiError(
+            response.status_code, "http_error", response.text[:500] or response.reason_phrase
+        ) from None
 
 
 class Client:
@@ -52,11 +62,16 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, exc) from exc
         raise_for_error(response)
         return response.json()
 
-    def submit(self, action: str, resource: str = "", params: dict[str, Any] | None = None, **fields: Any) -> Any:
+    def submit(
+        self, action: str, resource: str = "", params: dict[str, Any] | None = None, **fields: Any
+    ) -> Any:
         body = {"action": action, "resource": resource, "params": params or {}, **fields}
         return self._call("POST", "/v1/actions", json={k: v for k, v in body.items() if v is not None})
 
@@ -69,7 +84,9 @@ class Client:
             query["status"] = status
         return self._call("GET", "/v1/actions", params=query)
 
-    def review(self, request_id: str, decision: str, comment: str = "", params: dict[str, Any] | None = None) -> Any:
+    def review(
+        self, request_id: str, decision: str, comment: str = "", params: dict[str, Any] | None = None
+    ) -> Any:
         body: dict[str, Any] = {"decision": decision, "comment": comment}
         if params is not None:
             body["params"] = params

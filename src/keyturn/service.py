@@ -281,7 +281,9 @@ class Keyturn:
         return record
 
     def cancel(self, principal: Principal, request_id: str, reason: str = "") -> RequestRecord:
-        return self._transition(principal, request_id, lambda r, now: workflow.cancel(r, principal, now, reason))
+        return self._transition(
+            principal, request_id, lambda r, now: workflow.cancel(r, principal, now, reason)
+        )
 
     def consume(self, principal: Principal, token: str) -> Consumed:
         now = self.clock()

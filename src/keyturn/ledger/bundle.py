@@ -263,6 +263,7 @@ class _Workers:
             ]
         except (OSError, TypeError):  # no source to send (a frozen install), or no interpreter to start
             return None
+        _widen_pipes(processes)
         return cls(processes)
 
     def submit(self, block: bytes, seq: int) -> Future[tuple[bytes, int, int]]:
@@ -271,7 +272,9 @@ class _Workers:
     def _run(self, block: bytes, seq: int) -> tuple[bytes, int, int]:
         with self._lock:
             process = self._idle.pop()  # as many threads as processes: never empty
-        if process is None:
+        if process is None:  # its process failed earlier: this thread scans here
+            with self._lock:
+                self._idle.append(None)
             return scan_block(block, seq)
         try:
             assert process.stdin is not None and process.stdout is not None
@@ -303,6 +306,24 @@ class _Workers:
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+
+
+def _widen_pipes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """1 MiB pipes where the OS allows it (Linux): a block crosses in a few transfers, not dozens."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:  # pragma: no cover - not Linux
+        return
+    for process in processes:
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                try:
+                    fcntl.fcntl(pipe.fileno(), set_size, 1 << 20)
+                except OSError:
+                    pass  # above /proc/sys/fs/pipe-max-size: keep the default
 
 
 _SCAN_CONSTANTS = ("_PREFIX", "_MIDDLE", "_HEX_AT", "_MIDDLE_AT", "_LEAF_AT")

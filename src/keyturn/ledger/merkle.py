@@ -129,25 +129,6 @@ class MerkleTree:
         for leaf in leaf_hashes:
             self.append(leaf)
 
-    def extend_packed(self, packed: bytes | memoryview) -> None:
-        """Append the leaf hashes in `packed` (32 bytes each, concatenated): `append` in a tight loop."""
-        if len(packed) % HASH_SIZE:
-            raise ValueError(f"packed leaf hashes are a multiple of {HASH_SIZE} bytes, not {len(packed)}")
-        data = bytes(packed)
-        nodes = self._nodes
-        pop, push, sha256 = nodes.pop, nodes.append, _sha256
-        size = self.size
-        for at in range(0, len(data), HASH_SIZE):
-            node = data[at : at + HASH_SIZE]
-            size += 1
-            # Each trailing zero bit of the new size merges two equal-sized subtrees (see `append`).
-            bits = size
-            while not bits & 1:
-                node = sha256(b"\x01" + pop() + node).digest()
-                bits >>= 1
-            push(node)
-        self.size = size
-
     def leaf_hash(self, index: int) -> bytes:
         if not 0 <= index < self.size:
             raise ProofError(f"no leaf {index} in a tree of {self.size}")

@@ -37,7 +37,9 @@ def install(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = fields[0] if fields else {"field": "body", "message": "invalid request"}
-        return error_response(422, "invalid_request", f"{first['field']}: {first['message']}", {"fields": fields})
+        return error_response(
+            422, "invalid_request", f"{first['field']}: {first['message']}", {"fields": fields}
+        )
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -47,7 +49,9 @@ def install(app: FastAPI) -> None:
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
         # the database is down or busy: a retry may well succeed, so say so instead of a 500
         log.warning("database unavailable: %s", exc)
-        return error_response(503, "unavailable", "the database is unavailable; try again", None, **{"Retry-After": "1"})
+        return error_response(
+            503, "unavailable", "the database is unavailable; try again", None, **{"Retry-After": "1"}
+        )
 
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(_: Request, exc: AuthenticationError) -> JSONResponse:

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, selec
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from keyturn import workflow
-from keyturn.model import Event, EventType, RequestRecord, Status, canonical_json
+from keyturn.model import Event, EventType, RequestRecord, Status
 from keyturn.store import migrate
 from keyturn.store.engine import BEGIN_MODE, Backend, create, libpq_conninfo, normalise_url
 from keyturn.store.errors import (
@@ -44,7 +44,7 @@ from keyturn.store.records import (
     StoredCheckpoint,
     StoredEvent,
     StoredLedgerKey,
-    leaf_bytes,
+    event_leaf,
     leaf_hash,
 )
 from keyturn.store.schema import (
@@ -492,9 +492,6 @@ class Store:
         first_seq: int = conn.execute(
             select(ledger_head.c.next_seq).where(ledger_head.c.id == 1).with_for_update()
         ).scalar_one()
-        # Imported here: `event_leaf` gives the leaf and the canonical payload from one canonicalisation.
-        from keyturn.store.records import event_leaf
-
         rows = []
         for seq, event in enumerate(new_events, start=first_seq):
             kind = event.type.value

@@ -71,9 +71,7 @@ def cancel(request_id: str, who: Caller, svc: Service, body: CancelBody | None =
 
 @router.post("/{request_id}/result", summary="Report the outcome of an executed action")
 def result(request_id: str, body: ResultBody, who: Caller, svc: Service) -> dict[str, Any]:
-    record = svc.report_result(
-        who, request_id, body.status == "succeeded", body.output_digest, body.detail
-    )
+    record = svc.report_result(who, request_id, body.status == "succeeded", body.output_digest, body.detail)
     return render(svc, who, record)
 
 
@@ -110,7 +108,8 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
                 if record.version != last_version:
                     last_version = record.version
                     view = await to_thread.run_sync(lambda: render(svc, who, record, history=True))
-                    yield {"event": "state", "id": str(record.version), "data": json.dumps(jsonable_encoder(view))}
+                    data = json.dumps(jsonable_encoder(view))  # history timestamps are datetimes
+                    yield {"event": "state", "id": str(record.version), "data": data}
                     if record.status.terminal:
                         return
                 await changes.wait(15.0)

@@ -21,7 +21,9 @@ def evaluate(body: EvaluateBody, who: Caller, svc: Service) -> dict[str, Any]:
     requester = who
     if body.requester is not None:
         requester = Principal(
-            id=body.requester.id, kind=PrincipalKind(body.requester.kind), groups=frozenset(body.requester.groups)
+            id=body.requester.id,
+            kind=PrincipalKind(body.requester.kind),
+            groups=frozenset(body.requester.groups),
         )
     request = ActionRequest(
         action=body.action,
@@ -73,8 +75,11 @@ def readyz(request: Request, svc: Service) -> Response:
     import json
 
     status = 200 if not problems else 503
-    body = {"status": "ready" if not problems else "not ready", "problems": problems,
-            "policy_revision": svc.policy.current.revision}
+    body = {
+        "status": "ready" if not problems else "not ready",
+        "problems": problems,
+        "policy_revision": svc.policy.current.revision,
+    }
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
