@@ -107,7 +107,9 @@ def submit(server: LiveServer, who: str = AGENT, action: str = "db.export", **bo
     return answer
 
 
-def review(server: LiveServer, who: str, request_id: str, decision: str = "approve", **body: Any) -> httpx.Response:
+def review(
+    server: LiveServer, who: str, request_id: str, decision: str = "approve", **body: Any
+) -> httpx.Response:
     return call(server, who, "POST", f"/v1/actions/{request_id}/reviews", json={"decision": decision, **body})
 
 
@@ -175,7 +177,10 @@ def test_same_idempotency_key_gives_the_same_answer(server: LiveServer) -> None:
 
 def test_same_idempotency_key_with_another_body_is_a_conflict_naming_the_field(server: LiveServer) -> None:
     submit(server, idempotency_key="idem-2")
-    err = error(call(server, AGENT, "POST", "/v1/actions", json={"action": "db.export", "idempotency_key": "idem-2"}), 409)
+    err = error(
+        call(server, AGENT, "POST", "/v1/actions", json={"action": "db.export", "idempotency_key": "idem-2"}),
+        409,
+    )
     assert err["detail"]["field"] == "idempotency_key"
     assert "idempotency_key" in err["message"]
 
@@ -228,7 +233,15 @@ def test_review_queue_shows_only_what_the_caller_may_review(server: LiveServer) 
     ok(review(server, ALICE, critical))  # alice has approved: not in her queue any more
 
     def queue(who: str) -> set[str]:
-        page = ok(call(server, who, "GET", "/v1/actions", params={"status": "pending", "reviewable": "true", "limit": 200}))
+        page = ok(
+            call(
+                server,
+                who,
+                "GET",
+                "/v1/actions",
+                params={"status": "pending", "reviewable": "true", "limit": 200},
+            )
+        )
         assert all(item["status"] == "pending" for item in page["items"])
         return {item["id"] for item in page["items"]}
 
@@ -243,7 +256,9 @@ def test_review_queue_shows_only_what_the_caller_may_review(server: LiveServer) 
 def test_bad_list_parameters_are_4xx_naming_the_parameter(sqlite_server: LiveServer) -> None:
     err = error(call(sqlite_server, ALICE, "GET", "/v1/actions", params={"cursor": "garbage"}), 400)
     assert "cursor" in err["message"] or err["detail"].get("field") == "query.cursor"
-    err = error(call(sqlite_server, ALICE, "GET", "/v1/actions", params={"status": "bogus"}), 422, "invalid_request")
+    err = error(
+        call(sqlite_server, ALICE, "GET", "/v1/actions", params={"status": "bogus"}), 422, "invalid_request"
+    )
     assert err["detail"]["fields"][0]["field"] == "query.status"
     err = error(call(sqlite_server, ALICE, "GET", "/v1/actions", params={"limit": 0}), 422)
     assert err["detail"]["fields"][0]["field"] == "query.limit"
@@ -342,8 +357,12 @@ def test_edited_params_are_what_the_grant_binds(server: LiveServer) -> None:
 def test_cancel_is_for_the_requester_of_a_pending_request(sqlite_server: LiveServer) -> None:
     request_id = submit(sqlite_server)["id"]
     error(call(sqlite_server, EXECUTOR, "POST", f"/v1/actions/{request_id}/cancel"), 404)
-    error(call(sqlite_server, ALICE, "POST", f"/v1/actions/{request_id}/cancel", json={}), 403, "not_requester")
-    cancelled = ok(call(sqlite_server, AGENT, "POST", f"/v1/actions/{request_id}/cancel", json={"reason": "oops"}))
+    error(
+        call(sqlite_server, ALICE, "POST", f"/v1/actions/{request_id}/cancel", json={}), 403, "not_requester"
+    )
+    cancelled = ok(
+        call(sqlite_server, AGENT, "POST", f"/v1/actions/{request_id}/cancel", json={"reason": "oops"})
+    )
     assert cancelled["status"] == "cancelled"
     error(call(sqlite_server, AGENT, "POST", f"/v1/actions/{request_id}/cancel"), 409, "not_pending")
     error(review(sqlite_server, ALICE, request_id), 409, "not_pending")
@@ -367,7 +386,11 @@ def test_consume_exactly_once_then_report_the_result(server: LiveServer) -> None
         "edited": False,
         "secrets": {},
     }
-    error(call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}), 409, "grant_already_consumed")
+    error(
+        call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}),
+        409,
+        "grant_already_consumed",
+    )
     # the grant is no longer handed out once consumed
     assert "grant" not in ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))
     digest = "sha256:" + "ab" * 32
@@ -375,7 +398,9 @@ def test_consume_exactly_once_then_report_the_result(server: LiveServer) -> None
     error(call(server, ALICE, "POST", f"/v1/actions/{request_id}/result", json=body), 404)
     done = ok(call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=body))
     assert done["status"] == "succeeded" and done["result"]["output_digest"] == digest
-    error(call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=body), 409, "result_refused")
+    error(
+        call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=body), 409, "result_refused"
+    )
     err = error(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json={"status": "ok"}), 422)
     assert err["detail"]["fields"][0]["field"] == "body.status"
 
@@ -450,7 +475,11 @@ def test_events_stream_the_transitions(server: LiveServer) -> None:
 
 
 def test_no_or_bad_credentials_are_401(sqlite_server: LiveServer) -> None:
-    err = error(call(sqlite_server, None, "POST", "/v1/actions", json={"action": "test.allow"}), 401, "unauthenticated")
+    err = error(
+        call(sqlite_server, None, "POST", "/v1/actions", json={"action": "test.allow"}),
+        401,
+        "unauthenticated",
+    )
     assert "Authorization" in err["message"]
     response = httpx.get(server.url + "/v1/actions", headers={"Authorization": "Bearer kt_nope_nope"})
     error(response, 401, "unauthenticated")
@@ -475,14 +504,21 @@ def test_the_requester_comes_from_the_token_never_the_body(sqlite_server: LiveSe
         ({}, "body.action"),
     ],
 )
-def test_malformed_submits_name_the_field(sqlite_server: LiveServer, body: dict[str, Any], field: str) -> None:
+def test_malformed_submits_name_the_field(
+    sqlite_server: LiveServer, body: dict[str, Any], field: str
+) -> None:
     err = error(call(sqlite_server, AGENT, "POST", "/v1/actions", json=body), 422, "invalid_request")
     assert err["detail"]["fields"][0]["field"] == field
 
 
 def test_a_body_that_is_not_json_is_a_4xx(sqlite_server: LiveServer) -> None:
     response = call(
-        server, AGENT, "POST", "/v1/actions", content=b"{not json", headers={"content-type": "application/json"}
+        server,
+        AGENT,
+        "POST",
+        "/v1/actions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
     )
     err = error(response, 422, "invalid_request")
     assert err["detail"]["fields"][0]["field"].startswith("body")
@@ -490,7 +526,9 @@ def test_a_body_that_is_not_json_is_a_4xx(sqlite_server: LiveServer) -> None:
 
 def test_evaluate_is_a_dry_run(server: LiveServer) -> None:
     before = event_count(server)
-    answer = ok(call(server, AGENT, "POST", "/v1/evaluate", json={"action": "k8s.delete", "resource": "k8s://x"}))
+    answer = ok(
+        call(server, AGENT, "POST", "/v1/evaluate", json={"action": "k8s.delete", "resource": "k8s://x"})
+    )
     assert answer["decision"] == "review"
     assert answer["approvers"] == "2 from sre and 1 from security"
     as_other = ok(
@@ -521,7 +559,11 @@ def test_keys_are_a_jwk_set_that_verifies_grants(sqlite_server: LiveServer) -> N
     kid = jwt.get_unverified_header(grant)["kid"]
     key = next(k for k in jwks["keys"] if k["kid"] == kid)
     claims = jwt.decode(
-        grant, jwt.PyJWK(key).key, algorithms=["EdDSA"], audience="keyturn-executor", options={"verify_exp": True}
+        grant,
+        jwt.PyJWK(key).key,
+        algorithms=["EdDSA"],
+        audience="keyturn-executor",
+        options={"verify_exp": True},
     )
     assert claims["act"] == "test.allow"
 

@@ -40,7 +40,9 @@ def submit_in_process(server: LiveServer, count: int) -> list[str]:
     try:
         svc = Keyturn(settings, store, PolicyHolder(settings.policy), KeyRing(settings.data_dir))
         return [
-            svc.submit(AGENT, Submission(action="db.export", resource=f"postgres://prod/t{i}", params={"rows": i})).id
+            svc.submit(
+                AGENT, Submission(action="db.export", resource=f"postgres://prod/t{i}", params={"rows": i})
+            ).id
             for i in range(count)
         ]
     finally:

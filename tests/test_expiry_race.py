@@ -37,7 +37,12 @@ rules:
     ttl: 2s
 """
 AGENT = "agent:deploy-bot"
-REVIEWERS = ("user:alice@example.com", "user:bob@example.com", "user:sam@example.com", "user:olivia@example.com")
+REVIEWERS = (
+    "user:alice@example.com",
+    "user:bob@example.com",
+    "user:sam@example.com",
+    "user:olivia@example.com",
+)
 REQUESTS = 16
 EARLY, LATE = 0.15, 0.05  # approvals are sent from 150 ms before to 50 ms after the deadline
 
@@ -91,8 +96,12 @@ def test_approvals_racing_the_deadline_end_approved_xor_expired(tmp_path: Path) 
                 types = [e.type for e in events]
                 decided = [t for t in types if t in ("request.approved", "request.expired")]
                 assert decided == [f"request.{view['status']}"], types
-                accepted = [e for e in events if e.type in ("request.reviewed", "request.approved", "grant.issued")]
-                assert all(e.ts < record.expires_at for e in accepted), "a review was accepted after the deadline"
+                accepted = [
+                    e for e in events if e.type in ("request.reviewed", "request.approved", "grant.issued")
+                ]
+                assert all(e.ts < record.expires_at for e in accepted), (
+                    "a review was accepted after the deadline"
+                )
                 assert all(r.at < record.expires_at for r in record.reviews)
                 assert types.count("request.reviewed") == len(record.reviews)
                 if view["status"] == "expired":
@@ -111,4 +120,3 @@ def test_approvals_racing_the_deadline_end_approved_xor_expired(tmp_path: Path) 
     finally:
         http.close()
         server.stop()
-

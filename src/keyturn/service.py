@@ -8,6 +8,7 @@ store transaction. The guarantees themselves are in `workflow.py`; this module n
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import logging
 import os
@@ -197,20 +198,6 @@ class Keyturn:
         groups = {g for r in route.requirements for g in r.groups} if route else set()
         return principal.kind.value == "human" and bool(groups & principal.groups)
 
-    def list(
-        self,
-        principal: Principal,
-        *,
-        status: Status | None,
-        reviewable: bool,
-        limit: int,
-        cursor: str | None,
-    ) -> tuple[list[RequestRecord], str | None]:
-        try:
-            return self._list(principal, status=status, reviewable=reviewable, limit=limit, cursor=cursor)
-        except InvalidCursor as exc:
-            raise ServiceError(f"cursor: {exc}", {"field": "query.cursor"}) from exc
-
     def _list(
         self,
         principal: Principal,
@@ -235,6 +222,20 @@ class Keyturn:
                 status=status, reviewable_groups=set(principal.groups), limit=limit, cursor=cursor
             )
         return self.store.list_requests(status=status, requester=principal.id, limit=limit, cursor=cursor)
+
+    def list(
+        self,
+        principal: Principal,
+        *,
+        status: Status | None,
+        reviewable: bool,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[RequestRecord], str | None]:
+        try:
+            return self._list(principal, status=status, reviewable=reviewable, limit=limit, cursor=cursor)
+        except InvalidCursor as exc:
+            raise ServiceError(f"cursor: {exc}", {"field": "query.cursor"}) from exc
 
     def may_review(self, principal: Principal, record: RequestRecord, now: datetime) -> bool:
         """Whether the queue should offer this request to `principal` (the workflow decides for real)."""
@@ -305,6 +306,13 @@ class Keyturn:
             params_digest=claims.pdg,
         )
 
+        # Brokered secrets are resolved BEFORE the grant is consumed: a secret the server cannot hand over
+        # must leave the grant unused, not strand the request in `executing` with nothing able to run.
+        stored = self.store.get(claims.rid)
+        verdict = stored.verdict if stored is not None else None
+        names = (verdict.route.secrets if verdict.route else verdict.secrets) if verdict is not None else ()
+        handed_over = self._resolve_secrets(names)
+
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
             return workflow.consume_grant(record, presented, principal, at)
 
@@ -315,8 +323,7 @@ class Keyturn:
             raise
         metrics.GRANTS.labels(outcome="consumed").inc()
         params = record.approved_params if record.approved_params is not None else record.request.params
-        names = record.verdict.route.secrets if record.verdict.route else record.verdict.secrets
-        return Consumed(record=record, params=params, secrets=self._resolve_secrets(names))
+        return Consumed(record=record, params=params, secrets=handed_over)
 
     def report_result(
         self,
@@ -381,10 +388,9 @@ class Keyturn:
         raise Unavailable(f"request {request_id} is changing too fast; try again")
 
     def _expire_quietly(self, record: RequestRecord, now: datetime) -> None:
-        try:
+        # the timer or another replica may get there first: then there is nothing left to do
+        with contextlib.suppress(workflow.WorkflowError, ConcurrentUpdate):
             self.store.apply(workflow.expire(record, now), expected_version=record.version)
-        except (workflow.WorkflowError, ConcurrentUpdate):
-            pass  # the timer or another replica got there first
 
     # --- grants -------------------------------------------------------------------------------------
 
@@ -475,7 +481,10 @@ def request_digest(request: ActionRequest) -> str:
 
 
 def public_view(record: RequestRecord) -> dict[str, Any]:
-    """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out."""
+    """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out.
+
+    `history` is left to the caller (it needs the store).
+    """
     request = record.request
     verdict = record.verdict
     route = verdict.route

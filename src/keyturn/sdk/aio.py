@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
+import anyio
 import httpx
 
 from keyturn.sdk import _core
@@ -177,22 +178,27 @@ class AsyncGate:
         return await self._json("POST", f"/v1/actions/{request_id}/cancel", json={"reason": reason})
 
     async def _cancel_quietly(self, request_id: str, reason: str) -> None:
-        try:
-            async with asyncio.timeout(CLEANUP_SECONDS):
-                await self._send(
-                    "POST", f"/v1/actions/{request_id}/cancel", json={"reason": reason}, retry="connect"
-                )
-        except Exception as exc:
-            log.warning("could not cancel keyturn request %s: %r", request_id, exc)
+        # Shielded: this runs while the caller is being cancelled (an MCP client abandoning a call cancels
+        # the handler's anyio scope, which would otherwise cancel this request too), and an abandoned request
+        # left pending could still be approved and run later.
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(CLEANUP_SECONDS):
+                    await self._send(
+                        "POST", f"/v1/actions/{request_id}/cancel", json={"reason": reason}, retry="connect"
+                    )
+            except Exception as exc:
+                log.warning("could not cancel keyturn request %s: %r", request_id, exc)
 
     async def _report_quietly(
         self, request_id: str, succeeded: bool, *, output_digest: str | None = None, detail: str = ""
     ) -> None:
-        try:
-            async with asyncio.timeout(CLEANUP_SECONDS):
-                await self.report(request_id, succeeded, output_digest=output_digest, detail=detail)
-        except Exception as exc:
-            log.warning("could not report the outcome of keyturn request %s: %r", request_id, exc)
+        with anyio.CancelScope(shield=True):  # the outcome of something that ran must reach the ledger
+            try:
+                with anyio.fail_after(CLEANUP_SECONDS):
+                    await self.report(request_id, succeeded, output_digest=output_digest, detail=detail)
+            except Exception as exc:
+                log.warning("could not report the outcome of keyturn request %s: %r", request_id, exc)
 
     # --- request: the context manager ------------------------------------------------------------------
 

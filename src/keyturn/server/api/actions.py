@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -90,7 +91,7 @@ async def wait(
             record = await to_thread.run_sync(svc.get, who, request_id)
             remaining = deadline - loop.time()
             if record.status is not Status.PENDING or remaining <= 0:
-                view = await to_thread.run_sync(lambda: render(svc, who, record))
+                view = await to_thread.run_sync(partial(render, svc, who, record))
                 view["timed_out"] = record.status is Status.PENDING
                 return view
             await changes.wait(remaining)
@@ -107,7 +108,7 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
                 record = await to_thread.run_sync(svc.get, who, request_id)
                 if record.version != last_version:
                     last_version = record.version
-                    view = await to_thread.run_sync(lambda: render(svc, who, record, history=True))
+                    view = await to_thread.run_sync(partial(render, svc, who, record, history=True))
                     data = json.dumps(jsonable_encoder(view))  # history timestamps are datetimes
                     yield {"event": "state", "id": str(record.version), "data": data}
                     if record.status.terminal:
