@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import fresh_postgres_schema
 from httpx_sse import connect_sse
-from support.live import LiveServer, start_server
 
+from conftest import fresh_postgres_schema
 from keyturn.store import Store
+from support.live import LiveServer, start_server
 
 AGENT = "agent:deploy-bot"
 EXECUTOR = "agent:exec-bot"
@@ -481,7 +481,7 @@ def test_no_or_bad_credentials_are_401(sqlite_server: LiveServer) -> None:
         "unauthenticated",
     )
     assert "Authorization" in err["message"]
-    response = httpx.get(server.url + "/v1/actions", headers={"Authorization": "Bearer kt_nope_nope"})
+    response = HTTP.get(sqlite_server.url + "/v1/actions", headers={"Authorization": "Bearer kt_nope_nope"})
     error(response, 401, "unauthenticated")
     assert response.headers["www-authenticate"].startswith("Bearer")
 
@@ -511,9 +511,41 @@ def test_malformed_submits_name_the_field(
     assert err["detail"]["fields"][0]["field"] == field
 
 
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        (b'{"action": "a.b", "context": {"n": 9007199254740993}}', "body.context", "context.n: integer"),
+        (b'{"action": "a.b", "params": {"x": [1, NaN]}}', "body.params", "params.x[1]: nan"),
+        (
+            b'{"action": "a.b", "params": {"x": [-2.8324253775122796e16]}}',
+            "body.params",
+            "params.x[0]: number",
+        ),
+        (b'{"action": "a.b", "params": {"k": "\\ud800"}}', "body.params", "lone surrogate"),
+        (
+            b'{"action": "a.b", "params": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}",
+            "body.params",
+            "deeper than",
+        ),
+    ],
+    ids=["huge-int", "nan", "huge-float", "lone-surrogate", "deep"],
+)
+def test_values_that_cannot_be_canonical_json_are_refused_not_500(
+    sqlite_server: LiveServer, raw: bytes, field: str, words: str
+) -> None:
+    # every body ends up in RFC 8785 digests and ledger leaves: what cannot be canonicalised is a 422
+    for path in ("/v1/actions", "/v1/evaluate"):
+        response = call(
+            sqlite_server, AGENT, "POST", path, content=raw, headers={"content-type": "application/json"}
+        )
+        err = error(response, 422, "invalid_request")
+        assert err["detail"]["fields"][0]["field"] == field
+        assert words in err["message"], err["message"]
+
+
 def test_a_body_that_is_not_json_is_a_4xx(sqlite_server: LiveServer) -> None:
     response = call(
-        server,
+        sqlite_server,
         AGENT,
         "POST",
         "/v1/actions",
@@ -552,7 +584,7 @@ def test_evaluate_is_a_dry_run(server: LiveServer) -> None:
 
 
 def test_keys_are_a_jwk_set_that_verifies_grants(sqlite_server: LiveServer) -> None:
-    jwks = ok(httpx.get(sqlite_server.url + "/v1/keys"))  # public: no credentials needed
+    jwks = ok(HTTP.get(sqlite_server.url + "/v1/keys"))  # public: no credentials needed
     assert jwks["keys"]
     assert all(key["kty"] == "OKP" and key["crv"] == "Ed25519" and "d" not in key for key in jwks["keys"])
     grant = submit(sqlite_server, action="test.allow")["grant"]
@@ -569,8 +601,8 @@ def test_keys_are_a_jwk_set_that_verifies_grants(sqlite_server: LiveServer) -> N
 
 
 def test_health_and_readiness(sqlite_server: LiveServer) -> None:
-    assert ok(httpx.get(sqlite_server.url + "/healthz")) == {"status": "ok"}
-    ready = ok(httpx.get(sqlite_server.url + "/readyz"))
+    assert ok(HTTP.get(sqlite_server.url + "/healthz")) == {"status": "ok"}
+    ready = ok(HTTP.get(sqlite_server.url + "/readyz"))
     assert ready["status"] == "ready" and ready["problems"] == []
     revision = submit(sqlite_server, action="test.allow")["verdict"]["policy_revision"]
     assert ready["policy_revision"] == revision and revision.startswith("sha256:")
@@ -578,14 +610,14 @@ def test_health_and_readiness(sqlite_server: LiveServer) -> None:
 
 def test_metrics_are_prometheus_text(sqlite_server: LiveServer) -> None:
     submit(sqlite_server, action="test.deny")
-    response = httpx.get(sqlite_server.url + "/metrics")
+    response = HTTP.get(sqlite_server.url + "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert 'keyturn_requests_total{decision="deny"}' in response.text
 
 
 def test_openapi_lists_every_endpoint(sqlite_server: LiveServer) -> None:
-    spec = ok(httpx.get(sqlite_server.url + "/openapi.json"))
+    spec = ok(HTTP.get(sqlite_server.url + "/openapi.json"))
     paths = spec["paths"]
     for path, method in [
         ("/v1/actions", "post"),

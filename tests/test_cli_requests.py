@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.live import LiveServer, keyturn_executable, start_server
 from typer.testing import CliRunner, Result
 
 from keyturn.cli import app
+from support.live import LiveServer, keyturn_executable, start_server
 
 AGENT = "agent:deploy-bot"
 ALICE = "user:alice@example.com"

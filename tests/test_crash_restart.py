@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.live import LiveServer, start_server
 
 from keyturn.config import load_settings
 from keyturn.keys import KeyRing
@@ -25,6 +24,7 @@ from keyturn.model import Principal, PrincipalKind, RequestRecord, Status
 from keyturn.policy import PolicyHolder
 from keyturn.service import Keyturn, Submission
 from keyturn.store import Store, StoredEvent
+from support.live import LiveServer, start_server
 
 PENDING = 1000
 REVIEWED = 200  # approvals hammered at the server while it is killed

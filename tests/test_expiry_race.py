@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from support.live import start_server
 
 from keyturn.store import Store
+from support.live import start_server
 
 POLICY = """\
 version: 1

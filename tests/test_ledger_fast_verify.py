@@ -162,7 +162,7 @@ def test_a_worker_that_dies_is_replaced_by_this_process(
 ) -> None:
     path, _ = exported
     monkeypatch.setattr(bundle_module, "BLOCK_BYTES", 500)
-    monkeypatch.setattr(bundle_module, "_SERVE", "import os\nos._exit(3)\n")
+    monkeypatch.setattr(bundle_module, "_program", ["import os\nos._exit(3)\n"])
     result = verify_bundle(path, workers=2)
     assert result.ok, result.summary()
 

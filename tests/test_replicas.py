@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import fresh_postgres_schema
-from support.live import LiveServer, start_server
 
+from conftest import fresh_postgres_schema
 from keyturn.store import Store
+from support.live import LiveServer, start_server
 
 pytestmark = pytest.mark.postgresql
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keyturn import workflow
+from keyturn.model import Event, EventType
 from keyturn.store import Store, StoreError
 from keyturn.store.records import canonical_payload, encode_ts, event_leaf, leaf_bytes
 
@@ -63,6 +64,45 @@ def test_events_page_by_seq(store: Store, factory: RequestFactory) -> None:
     assert len(store.leaf_hashes()) == 11 and len(store.leaf_hashes(limit=3)) == 3
     assert [e.seq for e in store.events_for_request(records[0].id)] == [0, 1, 10]
     assert store.events_for_request("req_other") == []
+
+
+def test_a_large_batch_of_events_is_stored_exactly(store: Store, factory: RequestFactory) -> None:
+    """Many events in one transaction (PostgreSQL streams them with COPY): same rows, leaves and hashes."""
+    submitted = factory.submit(factory.allow_verdict())
+    store.insert_request(submitted, factory.decision(submitted), None)
+    head = store.head_seq()
+    zone = timezone(timedelta(hours=-3))
+    batch = tuple(
+        Event(
+            type=EventType.SUCCEEDED,
+            actor=f"agent:é{i}",
+            request_id=None if i % 3 == 0 else submitted.record.id,
+            payload={
+                "i": i,
+                "note": 'tab\t "quoted" \u2028 \U0001f600',
+                "f": i / 7,
+                "nested": {"b": [1, None]},
+            },
+            ts=datetime(2030, 1, 7, 9, 0, i % 60, i, tzinfo=UTC if i % 2 else zone),
+        )
+        for i in range(150)
+    )
+    with store._write() as tx:
+        store._append_events(tx.conn, batch)
+    stored = store.events(after_seq=head)
+    assert [e.seq for e in stored] == list(range(head + 1, head + 151))
+    for event, original in zip(stored, batch, strict=True):
+        assert (event.ts, event.actor, event.request_id, event.payload) == (
+            original.ts,
+            original.actor,
+            original.request_id,
+            original.payload,
+        )
+        leaf = _reference_leaf(
+            event.seq, original.ts, original.type.value, original.actor, original.request_id, original.payload
+        )
+        assert event.leaf_bytes() == leaf
+        assert event.leaf_hash == hashlib.sha256(b"\x00" + leaf).hexdigest()
 
 
 def test_checkpoints(store: Store, factory: RequestFactory) -> None:

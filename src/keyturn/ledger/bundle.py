@@ -18,6 +18,7 @@ can still read the file (`.event` is an ordinary object). Reading needs only the
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -136,7 +137,7 @@ class Bundle:
     def _checked(
         self, path: Path, digest: Any, pool: _Workers | None, depth: int
     ) -> Iterator[LeafEntry | CheckedRun]:
-        queue: deque[tuple[bytes, int, int, Future[tuple[bytes, int, int]] | None]] = deque()
+        queue: deque[tuple[bytes, int, int, Future[tuple[bytes, int, int]]]] = deque()
 
         def blocks() -> Iterator[tuple[bytes, int, int]]:
             """(whole lines, seq of the first, its line number): each block as read, hashed into `digest`."""
@@ -174,11 +175,9 @@ class Bundle:
             queue.append((block, seq, number, pool.submit(block, seq)))
             while len(queue) >= depth:
                 block, seq, number, future = queue.popleft()
-                assert future is not None
                 yield from settle(block, seq, number, future.result())
         while queue:
             block, seq, number, future = queue.popleft()
-            assert future is not None
             yield from settle(block, seq, number, future.result())
 
     def events(self) -> Iterator[dict[str, Any]]:
@@ -239,20 +238,10 @@ class _Workers:
 
     @classmethod
     def start(cls, count: int) -> _Workers | None:
+        program = _worker_program()
+        if program is None or not sys.executable:
+            return None
         try:
-            import inspect
-
-            program = "\n".join(
-                [
-                    "import binascii, hashlib, struct, sys",
-                    *(f"{name} = {globals()[name]!r}" for name in _SCAN_CONSTANTS),
-                    inspect.getsource(_split),
-                    inspect.getsource(scan_block),
-                    _SERVE,
-                ]
-            )
-            if not sys.executable:
-                return None
             processes = [
                 subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", program],
@@ -261,7 +250,7 @@ class _Workers:
                 )
                 for _ in range(count)
             ]
-        except (OSError, TypeError):  # no source to send (a frozen install), or no interpreter to start
+        except OSError:  # no interpreter to start
             return None
         _widen_pipes(processes)
         return cls(processes)
@@ -308,6 +297,35 @@ class _Workers:
                 process.stdout.close()
 
 
+_program: list[str | None] = []
+
+
+def _worker_program() -> str | None:
+    """The worker: `scan_block` and what it needs, from this module's source (None for a frozen install).
+
+    Taken when this module is imported (`inspect` is loaded by then anyway) and kept, so a worker runs the
+    code this process loaded even if the file changes on disk later.
+    """
+    if not _program:
+        try:
+            import inspect
+
+            _program.append(
+                "\n".join(
+                    [
+                        "import binascii, hashlib, struct, sys",
+                        *(f"{name} = {globals()[name]!r}" for name in _SCAN_CONSTANTS),
+                        inspect.getsource(_split),
+                        inspect.getsource(scan_block),
+                        _SERVE,
+                    ]
+                )
+            )
+        except (OSError, TypeError):
+            _program.append(None)
+    return _program[0]
+
+
 def _widen_pipes(processes: list[subprocess.Popen[bytes]]) -> None:
     """1 MiB pipes where the OS allows it (Linux): a block crosses in a few transfers, not dozens."""
     try:
@@ -320,10 +338,8 @@ def _widen_pipes(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
                     fcntl.fcntl(pipe.fileno(), set_size, 1 << 20)
-                except OSError:
-                    pass  # above /proc/sys/fs/pipe-max-size: keep the default
 
 
 _SCAN_CONSTANTS = ("_PREFIX", "_MIDDLE", "_HEX_AT", "_MIDDLE_AT", "_LEAF_AT")
@@ -504,3 +520,6 @@ def _write(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+_worker_program()

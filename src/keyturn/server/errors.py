@@ -35,7 +35,15 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # pydantic prefixes messages of custom validators with "Value error, ": noise for a client
+        fields = [
+            {
+                "field": _field(e["loc"]),
+                "message": str(e["msg"]).removeprefix("Value error, "),
+                "type": e["type"],
+            }
+            for e in exc.errors()
+        ]
         first = fields[0] if fields else {"field": "body", "message": "invalid request"}
         return error_response(
             422, "invalid_request", f"{first['field']}: {first['message']}", {"fields": fields}

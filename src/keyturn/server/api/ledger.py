@@ -28,6 +28,7 @@ from keyturn.store import Store, StoredCheckpoint, StoredEvent
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
 
 _SCAN_LIMIT = 20_000  # events examined per page when filtering by type or time
+_MAX_SEQ = 2**62  # sequence numbers are 64-bit integers in the database: larger ones are a 422, not a 500
 
 
 def _tree(request: Request, store: Store) -> MerkleTree:
@@ -62,7 +63,7 @@ def _event_view(event: StoredEvent, checkpoints: list[StoredCheckpoint]) -> dict
 def events(
     who: Auditor,
     svc: Service,
-    after_seq: Annotated[int, Query(ge=-1, description="return events after this seq")] = -1,
+    after_seq: Annotated[int, Query(ge=-1, le=_MAX_SEQ, description="return events after this seq")] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     request_id: Annotated[str | None, Query(description="only the events of this request")] = None,
     type: Annotated[str | None, Query(description="only events of this type, e.g. request.approved")] = None,
@@ -134,8 +135,10 @@ def inclusion(
     request: Request,
     who: Auditor,
     svc: Service,
-    seq: Annotated[int, Query(ge=0)],
-    size: Annotated[int | None, Query(ge=1, description="checkpoint size (default: the newest)")] = None,
+    seq: Annotated[int, Query(ge=0, le=_MAX_SEQ)],
+    size: Annotated[
+        int | None, Query(ge=1, le=_MAX_SEQ, description="checkpoint size (default: the newest)")
+    ] = None,
 ) -> dict[str, Any]:
     store = svc.store
     stored = store.checkpoints()
@@ -161,8 +164,8 @@ def consistency(
     request: Request,
     who: Auditor,
     svc: Service,
-    from_size: Annotated[int, Query(alias="from", ge=0)],
-    to_size: Annotated[int, Query(alias="to", ge=0)],
+    from_size: Annotated[int, Query(alias="from", ge=0, le=_MAX_SEQ)],
+    to_size: Annotated[int, Query(alias="to", ge=0, le=_MAX_SEQ)],
 ) -> dict[str, Any]:
     tree = _tree(request, svc.store)
     try:
