@@ -36,10 +36,13 @@ pytest: install-test
 
 test: lint typecheck pytest
 
+# Benchmarks are not tests: they print figures and rewrite benchmarks/results/*.md (see benchmarks/README.md).
 bench: install-test
 	$(BIN)/python benchmarks/policy_bench.py
 	$(BIN)/python benchmarks/ledger_bench.py
 	$(BIN)/python benchmarks/wakeup_bench.py
+	$(BIN)/python benchmarks/mcp_bench.py
+	$(BIN)/python benchmarks/identity_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
