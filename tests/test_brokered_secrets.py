@@ -29,7 +29,9 @@ def server(live_servers: Any, tmp_path: Any) -> Any:
     secret_file.write_text("s3cr3t-deploy-value\n")
     return live_servers(
         policy=POLICY,
-        settings={"secrets": {"DEPLOY_TOKEN": {"file": str(secret_file)}, "MISSING_SECRET": {"env": "KT_NOPE"}}},
+        settings={
+            "secrets": {"DEPLOY_TOKEN": {"file": str(secret_file)}, "MISSING_SECRET": {"env": "KT_NOPE"}}
+        },
     )
 
 

@@ -130,7 +130,11 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         elif isinstance(value, list):
             out[key] = [str(base / str(v)) for v in value]
     database = out.get("database")
-    if isinstance(database, str) and database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
+    if (
+        isinstance(database, str)
+        and database.startswith("sqlite:///")
+        and not database.startswith("sqlite:////")
+    ):
         out["database"] = "sqlite:///" + str(base / database.removeprefix("sqlite:///"))
     ledger = out.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("witness_dir"), str):
@@ -138,7 +142,11 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     secrets = out.get("secrets")
     if isinstance(secrets, dict):
         out["secrets"] = {
-            name: ({**spec, "file": str(base / spec["file"])} if isinstance(spec, dict) and spec.get("file") else spec)
+            name: (
+                {**spec, "file": str(base / spec["file"])}
+                if isinstance(spec, dict) and spec.get("file")
+                else spec
+            )
             for name, spec in secrets.items()
         }
     return out

@@ -26,7 +26,9 @@ def _repository(config: ConfigOption, database: DatabaseOption) -> tuple[Store, 
 @app.command()
 def create(
     agent: Annotated[str, typer.Option(help="agent name; the principal becomes agent:NAME")],
-    groups: Annotated[list[str] | None, typer.Option("--groups", help="group (repeatable or comma-separated)")] = None,
+    groups: Annotated[
+        list[str] | None, typer.Option("--groups", help="group (repeatable or comma-separated)")
+    ] = None,
     config: ConfigOption = None,
     database: DatabaseOption = None,
 ) -> None:
@@ -40,7 +42,9 @@ def create(
     finally:
         store.close()
     typer.echo(plaintext)
-    typer.echo(f"created key {record.key_id} for {principal_id}; store it now, it is not shown again", err=True)
+    typer.echo(
+        f"created key {record.key_id} for {principal_id}; store it now, it is not shown again", err=True
+    )
 
 
 @app.command("list")
