@@ -8,12 +8,13 @@ server, channels and CLI only move these values around.
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Frozen(BaseModel):
@@ -57,6 +58,16 @@ class ActionRequest(Frozen):
     requester: Principal
     on_behalf_of: str | None = None
     idempotency_key: str | None = None
+
+    @field_validator("params", "context")
+    @classmethod
+    def _canonicalisable(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        # Params and context end up in digests and ledger leaves: refuse, for every caller (the API and
+        # in-process ones alike), what RFC 8785 cannot represent exactly.
+        problem = canonical_json_problem(value, str(info.field_name))
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def with_params(self, params: dict[str, Any]) -> ActionRequest:
         return self.model_copy(update={"params": params})
@@ -237,6 +248,53 @@ class Event(Frozen):
     request_id: str | None
     payload: dict[str, Any]
     ts: datetime
+
+
+# RFC 8785 (the canonical JSON every digest and ledger leaf uses) represents numbers as IEEE doubles:
+# numbers beyond ±(2^53 - 1) would silently change value or not read back the same, so they are refused
+# at the door.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64
+
+
+def canonical_json_problem(value: Any, path: str, depth: int = 0) -> str | None:
+    """Why `value` cannot be canonicalised (RFC 8785), naming the nested path; None when it can."""
+    if depth > MAX_DEPTH:
+        return f"{path[:80]}…: nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            return f"{path}: integer {value} is outside ±(2^53 - 1); send it as a string"
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{path}: {value} is not a JSON number"
+        if abs(value) > MAX_SAFE_INTEGER:
+            # canonical JSON writes 1e17 as 100000000000000000, which reads back as an integer outside
+            # the safe range: the stored ledger leaf could then not be recomputed
+            return f"{path}: number {value:g} is outside ±(2^53 - 1); send it as a string"
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path}: the string contains a lone surrogate (invalid Unicode)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = canonical_json_problem(key, f"{path} (key)", depth + 1) or canonical_json_problem(
+                item, f"{path}.{key}", depth + 1
+            )
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            problem = canonical_json_problem(item, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+    return None
 
 
 # --- canonical digests --------------------------------------------------------------------------------

@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from keyturn.model import canonical_json_problem
+
 ACTION_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_*-]+)*$"
-
-# RFC 8785 (the canonical JSON every digest and ledger leaf uses) represents numbers as IEEE doubles:
-# numbers beyond ±(2^53 - 1) would silently change value or not read back the same, so they are refused
-# at the door.
-MAX_SAFE_INTEGER = 2**53 - 1
-MAX_DEPTH = 64
-
-
-def canonical_json_problem(value: Any, path: str, depth: int = 0) -> str | None:
-    """Why `value` cannot be canonicalised (RFC 8785), naming the nested path; None when it can."""
-    if depth > MAX_DEPTH:
-        return f"{path[:80]}…: nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            return f"{path}: integer {value} is outside ±(2^53 - 1); send it as a string"
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return f"{path}: {value} is not a JSON number"
-        if abs(value) > MAX_SAFE_INTEGER:
-            # canonical JSON writes 1e17 as 100000000000000000, which reads back as an integer outside
-            # the safe range: the stored ledger leaf could then not be recomputed
-            return f"{path}: number {value:g} is outside ±(2^53 - 1); send it as a string"
-        return None
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"{path}: the string contains a lone surrogate (invalid Unicode)"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = canonical_json_problem(key, f"{path} (key)", depth + 1) or canonical_json_problem(
-                item, f"{path}.{key}", depth + 1
-            )
-            if problem:
-                return problem
-        return None
-    if isinstance(value, list | tuple | set | frozenset):
-        for index, item in enumerate(value):
-            problem = canonical_json_problem(item, f"{path}[{index}]", depth + 1)
-            if problem:
-                return problem
-    return None
 
 
 class Body(BaseModel):
