@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -110,3 +112,35 @@ def test_bad_command_lines_get_a_clear_error(
     assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_conditional_flag_of_the_verdict_decides_over_the_why_text() -> None:
+    # what the policy engine says about the rule (it has a `when`) wins over how `why` is worded
+    assert not denied_outright({"decision": "deny", "rules": [rule("deny", "reworded", conditional=True)]})
+    assert denied_outright(
+        {"decision": "deny", "rules": [rule("deny", "`when` mentioned", conditional=False)]}
+    )
+
+
+def test_the_policy_engine_marks_rules_with_a_when_as_conditional(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from keyturn.model import ActionRequest, Principal, PrincipalKind
+    from keyturn.policy import load_policy
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "version: 1\ndefaults: {decision: allow}\nrules:\n"
+        "  - {name: never, match: {action: mcp.git.git_reset}, decision: deny, reason: forbidden}\n"
+        "  - name: not on fridays\n    match: {action: mcp.git.git_reset}\n"
+        '    when: "now.getDayOfWeek() == 5"\n    decision: deny\n    reason: friday\n'
+    )
+    verdict = load_policy([policy_file]).evaluate(
+        ActionRequest(
+            action="mcp.git.git_reset", requester=Principal(id="agent:a", kind=PrincipalKind.AGENT)
+        ),
+        datetime(2030, 1, 4, tzinfo=UTC),  # a Friday: both rules match
+    )
+    flags = {m.rule: m.conditional for m in verdict.rules}
+    assert flags == {"never": False, "not on fridays": True}
+    assert denied_outright({"decision": "deny", "rules": [m.model_dump(mode="json") for m in verdict.rules]})

@@ -128,6 +128,7 @@ class RuleMatch(Frozen):
     why: str
     source: str = ""  # "policy.yaml:12"
     error: str | None = None  # set when `when` failed at evaluation time (fail closed)
+    conditional: bool = False  # the rule has a `when`: it may not match another call of the same action
 
 
 class Verdict(Frozen):

@@ -5,7 +5,7 @@ params and the same context a call would carry. A tool is hidden only when
 
   * the verdict is `deny`, and
   * at least one matching deny rule is unconditional: it has no `when` expression (the verdict's rule entry
-    neither says "`when` is true" nor carries an evaluation `error`).
+    has `conditional: false` and carries no evaluation `error`).
 
 A deny that depends on a `when` (on params, context or the time of day) may not hold for a real call, so
 such tools stay listed and their calls are gated as usual. This is only a convenience for the model: hiding
@@ -35,7 +35,7 @@ def denied_outright(verdict: dict[str, Any]) -> bool:
     for rule in verdict.get("rules") or []:
         if rule.get("decision") != "deny" or not rule.get("matched", True) or rule.get("error"):
             continue
-        if "`when`" not in str(rule.get("why", "")):
+        if not rule.get("conditional", "`when`" in str(rule.get("why", ""))):
             return True
     return False
 

@@ -291,6 +291,7 @@ def _rule_match(rule: CompiledRule, error: str | None) -> RuleMatch:
         why="`when` failed to evaluate: counts as matched (fails closed)",
         source=rule.source,
         error=error,
+        conditional=True,
     )
 
 

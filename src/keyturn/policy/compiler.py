@@ -323,7 +323,14 @@ class _Compiler:
             step_up=_pick(rule.step_up, t.step_up if t else None, False),
             grant_ttl=_pick(rule.grant_ttl, t.grant_ttl if t else None, d.grant_ttl or DEFAULT_GRANT_TTL),
             secrets=tuple(sorted(set(rule.secrets))),
-            matched=RuleMatch(rule=rule.name, decision=decision, matched=True, why="", source=source),
+            matched=RuleMatch(
+                rule=rule.name,
+                decision=decision,
+                matched=True,
+                why="",
+                source=source,
+                conditional=rule.when is not None,
+            ),
         )
         why = compiled.match_summary()
         object.__setattr__(compiled, "matched", compiled.matched.model_copy(update={"why": why}))
