@@ -263,6 +263,23 @@ class Keyturn:
         changes: dict[str, Any] | None,
     ) -> RequestRecord:
         """`changes` is a partial params object merged into the current params (editable fields only)."""
+        evaluations: list[DecisionRecord] = []
+
+        def reevaluate(edited: ActionRequest) -> Verdict:
+            # An edit is evaluated by policy again (guarantee 5); like every evaluation, it is recorded,
+            # whether the edit is then accepted or refused.
+            verdict = self.evaluate(edited)
+            evaluations.append(
+                DecisionRecord(
+                    ts=self.clock(),
+                    request_id=request_id,
+                    request_digest=request_digest(edited),
+                    decision=verdict.decision.value,
+                    rules=list(verdict.matched_rule_names),
+                    policy_revision=verdict.policy_revision,
+                )
+            )
+            return verdict
 
         def step(record: RequestRecord, now: datetime) -> workflow.Transition:
             edited = None if changes is None else merge_params(workflow.effective_params(record), changes)
@@ -273,11 +290,15 @@ class Keyturn:
                 comment,
                 now,
                 edited_params=edited,
-                reevaluate=self.evaluate,
+                reevaluate=reevaluate,
                 grant_id=new_grant_id(),
             )
 
-        record = self._transition(principal, request_id, step)
+        try:
+            record = self._transition(principal, request_id, step)
+        finally:
+            for evaluation in evaluations:
+                self.store.record_decision(evaluation)
         metrics.REVIEWS.labels(decision=decision.value).inc()
         return record
 
