@@ -117,4 +117,6 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     demo.stop()
     verified = keyturn("ledger", "verify", "--database", demo.database_url)
     assert verified.startswith("OK"), verified
-    assert verified.startswith("OK: 7 events, 1 checkpoints")  # the shutdown checkpoint covers all 7
+    assert verified.startswith(
+        "OK: 7 events, 1 checkpoint and 0 external checkpoints verified"
+    )  # the shutdown checkpoint covers all 7

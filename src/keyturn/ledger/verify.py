@@ -100,8 +100,9 @@ class VerifyResult:
         tail = f"; {uncovered} newest events not yet covered by a checkpoint" if uncovered > 0 else ""
         trust = "pinned key" if self.pinned_keys else "keys shipped with the log"
         return (
-            f"OK: {self.events} events, {self.checkpoints} checkpoints and {self.external} external "
-            f"checkpoints verified (signed by {', '.join(self.keys_used) or 'nobody'}; {trust}); "
+            f"OK: {_count(self.events, 'event')}, {_count(self.checkpoints, 'checkpoint')} and "
+            f"{_count(self.external, 'external checkpoint')} verified "
+            f"(signed by {', '.join(self.keys_used) or 'nobody'}; {trust}); "
             f"tree size {self.first_seq + self.events}, root {self.root}{tail}"
         )
 
@@ -306,3 +307,7 @@ def _check_checkpoint(
     else:
         result.checkpoints += 1
     result.covered = max(result.covered, cp.size)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
