@@ -218,6 +218,8 @@ def test_roles_come_from_the_users_file_not_the_token(
         ({"exp": None}, "invalid bearer token"),
         ({"email": None}, "no 'email' claim"),
         ({"email_verified": False}, "not verified"),
+        ({"email_verified": None}, "not verified"),  # absent: an unverified address is no identity
+        ({"email_verified": "true"}, "not verified"),  # only the JSON boolean counts
     ],
 )
 def test_bad_claims_are_refused(
@@ -334,3 +336,11 @@ def test_jwt_only_as_bearer_and_malformed_jwts(idp: IdentityProvider, http: http
     for junk in ("a.b.c", "e30.e30.", "!!.??.**"):
         with pytest.raises(AuthenticationError):
             auth.authenticate(bearer(junk), None)
+
+
+def test_email_subjects_are_one_principal_however_they_are_spelled(
+    idp: IdentityProvider, http: httpx.Client
+) -> None:
+    auth, _ = authenticator(idp, http)
+    who = auth.authenticate(bearer(idp.token(idp.keys[0], email="Alice@Example.COM")), None)
+    assert who.id == "user:alice@example.com"

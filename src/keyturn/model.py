@@ -44,6 +44,12 @@ class Principal(Frozen):
     display_name: str | None = None
 
 
+def same_identity(a: str | None, b: str | None) -> bool:
+    """Whether two principal ids name the same identity. Case-insensitive, so that `User:Alice@…` sent as
+    `on_behalf_of` cannot slip past the checks that keep `user:alice@…` from approving (fails closed)."""
+    return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
+
+
 # --- requests and verdicts ----------------------------------------------------------------------------
 
 
@@ -139,10 +145,19 @@ class Verdict(Frozen):
     policy_revision: str = ""
     grant_ttl: timedelta = timedelta(minutes=5)  # for allow; review uses route.grant_ttl
     secrets: tuple[str, ...] = ()  # for allow; review uses route.secrets
+    # What every matching rule asks to redact, whatever decision won: a deny that outranks a review rule
+    # must not drop that rule's redactions (the submitted event is written either way).
+    redact: tuple[str, ...] = ()
 
     @property
     def matched_rule_names(self) -> tuple[str, ...]:
         return tuple(m.rule for m in self.rules)
+
+    @property
+    def redactions(self) -> tuple[str, ...]:
+        """Dotted paths (``params.x``, ``context.y``, ``justification``) never shown or logged in clear."""
+        named = set(self.redact) | set(self.route.redact if self.route else ())
+        return tuple(sorted(named))
 
 
 # --- lifecycle ----------------------------------------------------------------------------------------

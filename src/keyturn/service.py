@@ -30,10 +30,12 @@ from keyturn.model import (
     RequestRecord,
     ReviewDecision,
     Role,
+    RuleMatch,
     Status,
     Verdict,
     canonical_json,
     params_digest,
+    same_identity,
 )
 from keyturn.policy import PolicyHolder
 from keyturn.redact import redact_document
@@ -241,7 +243,9 @@ class Keyturn:
         """Whether the queue should offer this request to `principal` (the workflow decides for real)."""
         if record.status is not Status.PENDING or (record.expires_at and now >= record.expires_at):
             return False
-        if principal.id in (record.request.requester.id, record.request.on_behalf_of):
+        if same_identity(principal.id, record.request.requester.id) or same_identity(
+            principal.id, record.request.on_behalf_of
+        ):
             return False
         digest = params_digest(workflow.effective_params(record))
         return not any(r.reviewer == principal.id and r.params_digest == digest for r in record.reviews)
@@ -504,36 +508,30 @@ def request_digest(request: ActionRequest) -> str:
 def public_view(record: RequestRecord) -> dict[str, Any]:
     """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out.
 
-    `history` is left to the caller (it needs the store).
+    Redaction covers the whole view, as it does every ledger event: the paths policy names (in `params`,
+    `approved_params`, `context`, `justification`) and, anywhere (resource, comments, result detail),
+    values that look like credentials. `history` and `grant` are left to the caller.
     """
     request = record.request
     verdict = record.verdict
     route = verdict.route
-    redaction = route.redact if route else ()
-    visible = redact_document(
-        {
-            "params": request.params,
-            "context": request.context,
-            "approved_params": record.approved_params,
-        },
-        (*redaction, *(p.replace("params.", "approved_params.", 1) for p in redaction)),
-    )
-    return {
+    redaction = verdict.redactions
+    view = {
         "id": record.id,
         "status": record.status.value,
         "action": request.action,
         "resource": request.resource,
-        "params": visible["params"],
-        "approved_params": visible["approved_params"],
+        "params": request.params,
+        "approved_params": record.approved_params,
         "justification": request.justification,
-        "context": visible["context"],
+        "context": request.context,
         "requester": {"id": request.requester.id, "kind": request.requester.kind.value},
         "on_behalf_of": request.on_behalf_of,
         "idempotency_key": request.idempotency_key,
         "verdict": {
             "decision": verdict.decision.value,
             "reason": verdict.reason,
-            "rules": [m.model_dump(mode="json") for m in verdict.rules],
+            "rules": [_visible_rule(m) for m in verdict.rules],
             "policy_revision": verdict.policy_revision,
             "tier": route.tier if route else None,
             "requirements": [r.model_dump(mode="json") for r in route.requirements] if route else [],
@@ -560,6 +558,19 @@ def public_view(record: RequestRecord) -> dict[str, Any]:
         "decided": record.status is not Status.PENDING,
         "allowed_without_review": verdict.decision is Decision.ALLOW,
     }
+    approved = tuple(
+        p.replace("params.", "approved_params.", 1) for p in redaction if p.startswith("params.")
+    )
+    return redact_document(view, (*redaction, *approved))
+
+
+def _visible_rule(match: RuleMatch) -> dict[str, Any]:
+    shown = match.model_dump(mode="json")
+    if match.error is not None:
+        # A CEL error can quote the value it failed on, which may be one policy redacts: say that it failed
+        # (the request failed closed), not what it said; `keyturn policy explain` shows the details.
+        shown["error"] = "the condition could not be evaluated (the rule counts as matched: fails closed)"
+    return shown
 
 
 def expires_in(record: RequestRecord, now: datetime) -> timedelta | None:

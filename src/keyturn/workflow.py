@@ -42,6 +42,7 @@ from keyturn.model import (
     Status,
     Verdict,
     params_digest,
+    same_identity,
 )
 from keyturn.redact import redact_document, redact_params
 
@@ -221,7 +222,7 @@ def review(
     requester = record.request.requester
     if reviewer.kind is not PrincipalKind.HUMAN:
         raise AgentCannotReview(f"{reviewer.id} is an agent; only humans review requests")
-    if reviewer.id == requester.id:
+    if same_identity(reviewer.id, requester.id):
         raise SelfReview(f"{reviewer.id} submitted this request and cannot review it")
     route_groups = {g for req in route.requirements for g in req.groups}
     if not reviewer.groups & route_groups:
@@ -250,7 +251,7 @@ def review(
             ),
         )
 
-    if reviewer.id == record.request.on_behalf_of:
+    if same_identity(reviewer.id, record.request.on_behalf_of):
         raise OnBehalfOfCannotApprove(
             f"{reviewer.id} is the human this agent acts for and cannot approve its request"
         )
@@ -266,8 +267,8 @@ def review(
                 record,
                 now,
                 {
-                    "before": redact_params(current, route.redact),
-                    "after": redact_params(new_params, route.redact),
+                    "before": redact_params(current, record.verdict.redactions),
+                    "after": redact_params(new_params, record.verdict.redactions),
                     "before_digest": params_digest(current),
                     "after_digest": params_digest(new_params),
                 },
@@ -563,9 +564,9 @@ def invariant_violations(record: RequestRecord) -> list[str]:
     requester = record.request.requester.id
     on_behalf_of = record.request.on_behalf_of
     for entry in record.reviews:
-        if entry.reviewer == requester:
+        if same_identity(entry.reviewer, requester):
             problems.append("the requester reviewed its own request")
-        if entry.decision is ReviewDecision.APPROVE and entry.reviewer == on_behalf_of:
+        if entry.decision is ReviewDecision.APPROVE and same_identity(entry.reviewer, on_behalf_of):
             problems.append("the on-behalf-of human approved")
         if entry.decision is ReviewDecision.DENY and not entry.comment.strip():
             problems.append("a deny without reason")
@@ -636,7 +637,7 @@ def _iso(ts: datetime) -> str:
 
 
 def _redaction_paths(record: RequestRecord) -> tuple[str, ...]:
-    return record.verdict.route.redact if record.verdict.route else ()
+    return record.verdict.redactions
 
 
 def _event(
@@ -656,7 +657,8 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     verdict = record.verdict
     route = verdict.route
     document = redact_document(
-        {"params": request.params, "context": request.context}, _redaction_paths(record)
+        {"params": request.params, "context": request.context, "justification": request.justification},
+        _redaction_paths(record),
     )
     return {
         "action": request.action,
@@ -664,7 +666,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
         "requester": request.requester.id,
         "requester_kind": request.requester.kind.value,
         "on_behalf_of": request.on_behalf_of,
-        "justification": request.justification,
+        "justification": document["justification"],
         "params": document["params"],
         "context": document["context"],
         "params_digest": params_digest(request.params),

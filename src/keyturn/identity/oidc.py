@@ -181,8 +181,12 @@ class IssuerVerifier:
         subject = _claim(claims, self.settings.subject_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthenticationError(f"{INVALID_TOKEN}: no {self.settings.subject_claim!r} claim")
-        if self.settings.subject_claim == "email" and claims.get("email_verified") is False:
-            raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
+        if self.settings.subject_claim == "email":
+            # An email is an identity only when the provider vouches for it: some providers let users set
+            # an unverified address, which would otherwise impersonate a listed approver or auditor.
+            if claims.get("email_verified") is not True:
+                raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
+            subject = subject.casefold()  # one person, one principal, however the provider spells it
         groups = _groups(_claim(claims, self.settings.groups_claim))
         principal_id = self.prefix + subject
         roles: frozenset[Any] = frozenset()

@@ -181,6 +181,7 @@ class CompiledPolicy:
 
     def _combine(self, hits: Sequence[CompiledRule], failed: dict[int, str]) -> Verdict:
         matches = tuple(_rule_match(r, failed.get(r.index)) for r in hits)
+        redact = _union(r.redact for r in hits)
         deny = [r for r in hits if r.decision is Decision.DENY]
         if deny:
             reasons = []
@@ -194,6 +195,7 @@ class CompiledPolicy:
                 reason="; ".join(dict.fromkeys(reasons)),
                 rules=matches,
                 policy_revision=self.revision,
+                redact=redact,
             )
         review = [r for r in hits if r.decision is Decision.REVIEW]
         if review:
@@ -202,6 +204,7 @@ class CompiledPolicy:
                 route=combine_routes(review),
                 rules=matches,
                 policy_revision=self.revision,
+                redact=redact,
             )
         return Verdict(
             decision=Decision.ALLOW,
@@ -209,6 +212,7 @@ class CompiledPolicy:
             policy_revision=self.revision,
             grant_ttl=min(r.grant_ttl for r in hits),
             secrets=_union(r.secrets for r in hits),
+            redact=redact,
         )
 
     # --- explanation -------------------------------------------------------------------------------

@@ -31,7 +31,13 @@ class SubmitBody(Body):
     params: dict[str, Any] = Field(default_factory=dict)
     justification: str = Field(default="", max_length=10_000)
     context: dict[str, Any] = Field(default_factory=dict)
-    on_behalf_of: str | None = Field(default=None, max_length=320, examples=["user:alice@example.com"])
+    on_behalf_of: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*:\S+$",
+        description="the principal id of the human the agent acts for, e.g. user:alice@example.com",
+        examples=["user:alice@example.com"],
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
