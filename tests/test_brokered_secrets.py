@@ -62,3 +62,13 @@ def test_unresolvable_secret_leaves_the_grant_unconsumed(server: Any) -> None:
     # Nothing ran and nothing can be stuck half-way: the request is still runnable, its grant unused.
     assert after["status"] == "allowed"
     assert after.get("grant")
+
+
+def test_a_secret_echoed_into_the_result_never_reaches_the_ledger(server: Any) -> None:
+    with server.client("agent:deploy-bot") as agent, server.client("user:erin@example.com") as auditor:
+        submitted = agent.submit("deploy.run", "staging/api", {"version": "1.3"})
+        agent.consume(submitted["grant"])
+        agent.result(submitted["id"], "failed", detail="curl -H 'token: s3cr3t-deploy-value' refused")
+        seen = auditor.get(submitted["id"])
+    assert "s3cr3t" not in str(seen)
+    assert seen["result"]["detail"] == "curl -H 'token: [secret DEPLOY_TOKEN]' refused"

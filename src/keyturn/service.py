@@ -369,10 +369,28 @@ class Keyturn:
                     {"code": "not_executor"},
                 )
             return workflow.report_result(
-                record, principal, succeeded, now, output_digest=output_digest, detail=detail
+                record, principal, succeeded, now, output_digest=output_digest, detail=scrubbed
             )
 
+        scrubbed = self._scrub_brokered_secrets(request_id, detail)
         return self._transition(principal, request_id, step)
+
+    def _scrub_brokered_secrets(self, request_id: str, detail: str) -> str:
+        """An executor that echoes a brokered secret into its result must not put it in the ledger: the
+        server knows the exact values it handed over, so it removes them (pattern redaction may not)."""
+        record = self.store.get(request_id)
+        if record is None or not detail:
+            return detail
+        verdict = record.verdict
+        names = verdict.route.secrets if verdict.route else verdict.secrets
+        try:
+            values = self._resolve_secrets(names)
+        except ServiceError:
+            return detail
+        for name, value in values.items():
+            if value:
+                detail = detail.replace(value, f"[secret {name}]")
+        return detail
 
     def tick(self) -> int:
         """Expire and escalate what is due. Safe on several replicas: the store locks what it processes."""
