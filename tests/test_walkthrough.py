@@ -120,3 +120,10 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     assert verified.startswith(
         "OK: 7 events, 1 checkpoint and 0 external checkpoints verified"
     )  # the shutdown checkpoint covers all 7
+    # The auditor's evidence report, from the database alone, verifies the same ledger.
+    report = keyturn(
+        "ledger", "report", "--database", demo.database_url, "--out", str(demo.workdir / "report.html")
+    )
+    assert "0 anomalies; ledger verified" in report, report
+    html = (demo.workdir / "report.html").read_text()
+    assert request_id in html and "user:alice@example.com" in html and "CC6.1" in html

@@ -321,7 +321,10 @@ def report(
     end = _when(to, "--to", end=True) if to else None
     store = _open_store(configured.database)
     try:
-        verification = verify_store(store, [], [], configured.ledger.origin)
+        # The origin to expect is the configured one when a configuration names it; with only --database,
+        # the log's own checkpoints say it (as `keyturn ledger verify --database` does).
+        origin = configured.ledger.origin if config is not None else None
+        verification = verify_store(store, [], [], origin)
         events = (json.loads(e.leaf) for e in store_entries(store))
         evidence = build_report(
             events,
