@@ -328,7 +328,7 @@ def report(
         events = (json.loads(e.leaf) for e in store_entries(store))
         evidence = build_report(
             events,
-            origin=configured.ledger.origin,
+            origin=verification.origin or configured.ledger.origin,
             start=start,
             end=end,
             verification=verification,
