@@ -23,6 +23,7 @@ from keyturn.commands import db, exec_, keys, policy, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
+from keyturn.config import settings_help
 
 app = typer.Typer(
     name="keyturn",
@@ -59,7 +60,7 @@ def _fail(exc: ApiError) -> typer.Exit:
     return typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=settings_help())
 def serve(
     config: Annotated[Path | None, typer.Option(help="keyturn.yaml", envvar="KEYTURN_CONFIG")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")] = None,

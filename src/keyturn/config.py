@@ -24,30 +24,34 @@ class IssuerSettings(BaseModel):
     """A trusted JWT issuer: an OIDC provider for humans or a workload identity issuer for agents."""
 
     model_config = ConfigDict(extra="forbid")
-    issuer: str
-    audience: str
-    jwks_url: str | None = None  # default: discovered from {issuer}/.well-known/openid-configuration
-    kind: Literal["human", "agent"] = "human"
-    groups_claim: str = "groups"
-    subject_claim: str = "email"
-    id_prefix: str | None = None  # default "user:" for humans, "agent:" for agents
+    issuer: str = Field(description="the `iss` of its tokens")
+    audience: str = Field(description="the `aud` keyturn's tokens must carry")
+    jwks_url: str | None = Field(
+        default=None, description="default: discovered from {issuer}/.well-known/openid-configuration"
+    )
+    kind: Literal["human", "agent"] = Field(default="human", description="who its tokens name")
+    groups_claim: str = Field(default="groups", description="claim with the groups (dotted for nested)")
+    subject_claim: str = Field(
+        default="email", description="claim naming the principal (email must be verified)"
+    )
+    id_prefix: str | None = Field(default=None, description='default "user:" for humans, "agent:" for agents')
 
 
 class SecretSettings(BaseModel):
     """A brokered secret, handed to an executor only with the grant of a rule that names it."""
 
     model_config = ConfigDict(extra="forbid")
-    env: str | None = None
-    file: Path | None = None
+    env: str | None = Field(default=None, description="take the value from this environment variable")
+    file: Path | None = Field(default=None, description="or from this file")
 
 
 class LedgerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    origin: str = "keyturn.local/ledger"
+    origin: str = Field(default="keyturn.local/ledger", description="the log's name in its checkpoints")
     checkpoint_every: int = Field(default=1000, ge=1, description="sign a checkpoint every N events")
     checkpoint_interval: timedelta = Field(default=timedelta(seconds=60), description="or every T")
-    witness_dir: Path | None = None
-    witness_urls: list[str] = Field(default_factory=list)
+    witness_dir: Path | None = Field(default=None, description="write every checkpoint here too")
+    witness_urls: list[str] = Field(default_factory=list, description="POST every checkpoint to these URLs")
 
 
 class Settings(BaseSettings):
@@ -66,8 +70,8 @@ class Settings(BaseSettings):
     grant_audience: str = Field(default="keyturn-executor", description="aud claim of grants")
     timer_interval: float = Field(default=1.0, gt=0, description="seconds between expiry/escalation sweeps")
     secrets: dict[str, SecretSettings] = Field(default_factory=dict, description="brokered secrets")
-    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
-    log_level: str = Field(default="info")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="the signed Merkle ledger")
+    log_level: str = Field(default="info", description="critical, error, warning, info or debug")
 
     @classmethod
     def settings_customise_sources(
@@ -150,3 +154,43 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
             for name, spec in secrets.items()
         }
     return out
+
+
+def settings_help() -> str:
+    """Every setting with its environment variable, default and meaning: the epilog of `keyturn serve --help`,
+    made from the model itself so it can never drift from what the server accepts."""
+    lines = ["Settings: keyturn.yaml key (environment variable; default): meaning."]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"{name} ({_where(f'KEYTURN_{name.upper()}', field)}): {field.description or ''}")
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            for sub_name, sub in nested.model_fields.items():
+                env = (
+                    f"KEYTURN_{name.upper()}__{sub_name.upper()}" if nested is LedgerSettings else "YAML only"
+                )
+                lines.append(f"  {name}.{sub_name} ({_where(env, sub)}): {sub.description or ''}")
+    return "\n\n".join(lines)
+
+
+def _where(env: str, field: Any) -> str:
+    if field.is_required():
+        return f"{env}; required"
+    default = field.get_default(call_default_factory=True)
+    if default in (None, [], {}) or isinstance(default, BaseModel):
+        return env
+    return f"{env}; default {_plain(default)}"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (LedgerSettings, IssuerSettings, SecretSettings):
+        if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
+            return candidate
+    return None
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
