@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from keyturn import workflow
@@ -39,6 +40,13 @@ from keyturn.model import (
 from keyturn.store import DecisionRecord, Store
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# CI (CI=true, as .ci/run is run) explores the same examples on every run, so a landing never depends on
+# the luck of a seed; local runs stay random and keep finding new cases (a failure prints its blob).
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("dev", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def pytest_configure(config: pytest.Config) -> None:
