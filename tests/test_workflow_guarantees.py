@@ -664,3 +664,31 @@ def test_invariant_violations_detects_a_forged_self_approval() -> None:
     assert "the requester reviewed its own request" in problems
     unapproved = record.model_copy(update={"reviews": ()})
     assert "approved without quorum" in workflow.invariant_violations(unapproved)
+
+
+def test_an_edit_that_policy_would_redact_differently_is_refused() -> None:
+    r = route(editable=("params.rows",), redact=("params.connection_string",))
+    record = submit(review_verdict(r))
+
+    def redacts_more(_: ActionRequest) -> Verdict:
+        wider = route(editable=("params.rows",), redact=("params.connection_string", "params.tags"))
+        return review_verdict(wider)
+
+    with pytest.raises(workflow.EditRefused, match=r"also redact params\.tags"):
+        approve(record, ALICE, edited_params={"rows": 10, "tags": ["pii"]}, reevaluate=redacts_more)
+    assert approve(
+        record, ALICE, edited_params={"rows": 10, "tags": ["pii"]}, reevaluate=lambda _: review_verdict(r)
+    ).approved_params == {"rows": 10, "tags": ["pii"]}
+
+
+def test_an_edit_that_would_need_a_step_up_is_refused() -> None:
+    r = route(editable=("params.rows",))
+    record = submit(review_verdict(r))
+    stepped = r.model_copy(update={"step_up": True})
+    with pytest.raises(workflow.EditRefused, match="step-up"):
+        approve(
+            record,
+            ALICE,
+            edited_params={"rows": 10, "tags": ["pii"]},
+            reevaluate=lambda _: review_verdict(stepped),
+        )

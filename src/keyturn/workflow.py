@@ -341,13 +341,23 @@ def _check_edit(
     if verdict.decision is Decision.DENY:
         raise EditRefused(f"policy denies the edited request: {verdict.reason}")
     if verdict.decision is Decision.REVIEW:
-        needed = set(_require_route(verdict).requirements) - set(route.requirements)
+        edited_route = _require_route(verdict)
+        needed = set(edited_route.requirements) - set(route.requirements)
         if needed:
             raise EditRefused(
                 "the edited request would need other approvers ("
                 + ", ".join(r.describe() for r in sorted(needed, key=Requirement.describe))
                 + "); submit it as a new request"
             )
+        if edited_route.step_up and not route.step_up:
+            raise EditRefused("the edited request would need a step-up approval; submit it as a new request")
+    # The request keeps the redactions it was submitted with: an edit that policy would redact differently
+    # could show a value in clear that the edited request must hide.
+    hidden = sorted(set(verdict.redactions) - set(record.verdict.redactions))
+    if hidden:
+        raise EditRefused(
+            f"the edited request would also redact {', '.join(hidden)}; submit it as a new request"
+        )
 
 
 def _changed_paths(before: Any, after: Any, here: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
