@@ -21,6 +21,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# The demo's brokered secret (examples/keyturn.yaml, used by examples/agents/exec_example.sh).
+serve: export KEYTURN_DEMO_DEPLOY_TOKEN ?= demo-deploy-token
 serve: install
 	$(BIN)/keyturn serve --config $(CONFIG)
 

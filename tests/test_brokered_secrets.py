@@ -72,3 +72,9 @@ def test_a_secret_echoed_into_the_result_never_reaches_the_ledger(server: Any) -
         seen = auditor.get(submitted["id"])
     assert "s3cr3t" not in str(seen)
     assert seen["result"]["detail"] == "curl -H 'token: [secret DEPLOY_TOKEN]' refused"
+
+
+def test_the_server_says_at_start_which_secrets_have_no_value(server: Any) -> None:
+    log = server.log()
+    assert "MISSING_SECRET" in log and "configured but has no value" in log
+    assert "DEPLOY_TOKEN" not in log  # it has a value: nothing to say, and never the value itself

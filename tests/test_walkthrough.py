@@ -127,3 +127,12 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     assert "0 anomalies; ledger verified" in report, report
     html = (demo.workdir / "report.html").read_text()
     assert request_id in html and "user:alice@example.com" in html and "CC6.1" in html
+
+    # The README's auditor steps: export a bundle from the database alone and verify it against the
+    # checkpoint the witness directory kept outside the database.
+    bundle = demo.workdir / "bundle"
+    keyturn("ledger", "export", "--database", demo.database_url, "--out", str(bundle))
+    witnessed = demo.workdir / "keyturn-data" / "witness" / "latest"
+    assert witnessed.exists()
+    verified = keyturn("ledger", "verify", "--bundle", str(bundle), "--checkpoint", str(witnessed))
+    assert verified.startswith("OK: 7 events, 1 checkpoint and 1 external checkpoint verified"), verified

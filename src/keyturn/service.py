@@ -457,6 +457,16 @@ class Keyturn:
         )
         return issued.token
 
+    def unresolved_secrets(self) -> builtins.list[str]:
+        """Configured brokered secrets that have no value now (said at start, not after an approval)."""
+        problems = []
+        for name in self.settings.secrets:
+            try:
+                self._resolve_secrets((name,))
+            except ServiceError as exc:
+                problems.append(exc.message)
+        return problems
+
     def _resolve_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
         values: dict[str, str] = {}
         for name in names:
@@ -466,7 +476,12 @@ class Keyturn:
             if spec.env is not None:
                 value = os.environ.get(spec.env)
             elif spec.file is not None:
-                value = spec.file.read_text(encoding="utf-8").rstrip("\n")
+                try:
+                    value = spec.file.read_text(encoding="utf-8").rstrip("\n")
+                except OSError as exc:
+                    raise Unavailable(
+                        f"secret {name!r} cannot be read from {spec.file}: {exc.strerror}"
+                    ) from exc
             else:
                 value = None
             if value is None:

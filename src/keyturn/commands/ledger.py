@@ -84,6 +84,18 @@ def store_entries(store: Store, page: int = 5000) -> Iterator[LeafEntry]:
         after = batch[-1].seq
 
 
+def _log_origin(store: Store, config: Path | None, fallback: str | None) -> str | None:
+    """The origin the log's checkpoints carry: the configured one when a configuration is given; with only
+    --database, the one the stored checkpoints were signed with (a default from nowhere would make a genuine
+    log look like another log's)."""
+    if config is not None:
+        from keyturn.commands._common import settings
+
+        return settings(config, None).ledger.origin
+    stored = store.checkpoints()
+    return stored[-1].note.split("\n", 1)[0] if stored else fallback
+
+
 def verify_store(
     store: Store, external: list[CheckpointSource], trusted: list[VerifierKey], origin: str | None = None
 ) -> VerifyResult:
@@ -187,7 +199,11 @@ def export(
         to_seq = _seq_at(store, end, False) if isinstance(end, datetime) else end
         try:
             manifest = export_store(
-                store, out, origin=configured.ledger.origin, from_seq=from_seq, to_seq=to_seq
+                store,
+                out,
+                origin=_log_origin(store, config, None) or configured.ledger.origin,
+                from_seq=from_seq,
+                to_seq=to_seq,
             )
         except ValueError as exc:
             raise _die(str(exc)) from exc
@@ -321,10 +337,7 @@ def report(
     end = _when(to, "--to", end=True) if to else None
     store = _open_store(configured.database)
     try:
-        # The origin to expect is the configured one when a configuration names it; with only --database,
-        # the log's own checkpoints say it (as `keyturn ledger verify --database` does).
-        origin = configured.ledger.origin if config is not None else None
-        verification = verify_store(store, [], [], origin)
+        verification = verify_store(store, [], [], _log_origin(store, config, None))
         events = (json.loads(e.leaf) for e in store_entries(store))
         evidence = build_report(
             events,

@@ -34,6 +34,8 @@ def create_app(settings: Settings) -> FastAPI:
         policy = PolicyHolder(settings.policy)
         svc = Keyturn(settings, store, policy, keyring)
         app.state.keyturn = svc
+        for problem in svc.unresolved_secrets():
+            log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
