@@ -25,7 +25,9 @@ MAX_WAIT_SECONDS = 300.0
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
     view = public_view(record)
-    view["review_url"] = f"{svc.settings.base_url}/console/requests/{record.id}"
+    # Where a reviewer finds the request. There is no web console yet, so this is the request in the API
+    # (GET it with a token; POST .../reviews to decide) rather than a link that would answer 404.
+    view["review_url"] = f"{svc.settings.base_url}/v1/actions/{record.id}"
     token = svc.grant_token(who, record)
     if token is not None:
         view["grant"] = token
