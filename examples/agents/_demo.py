@@ -8,6 +8,19 @@ from typing import Any
 
 URL = os.environ.get("KEYTURN_URL", "http://127.0.0.1:8300")
 
+_FRAMEWORKS = {"agents", "langchain", "langchain_core", "langgraph", "claude_agent_sdk"}
+
+
+def _install_hint(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    # The demos import their framework right after this module: a missing one gets the command, not a trace.
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _FRAMEWORKS:
+        print(f"{error.name} is not installed: .venv/bin/pip install -e '.[adapters]'", file=sys.stderr)
+        return
+    sys.__excepthook__(kind, error, trace)
+
+
+sys.excepthook = _install_hint
+
 
 def api_key() -> str:
     key = os.environ.get("KEYTURN_API_KEY", "")

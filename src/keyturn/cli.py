@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from keyturn.client import ApiError, Client, default_url
@@ -47,7 +48,12 @@ errors = Console(stderr=True)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="KEYTURN_URL", help="server URL")]
 TokenOption = Annotated[
-    str | None, typer.Option("--token", envvar="KEYTURN_TOKEN", help="user token or agent API key")
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=["KEYTURN_TOKEN", "KEYTURN_API_KEY"],
+        help="user token (keyturn users add-token) or agent API key (keyturn keys create)",
+    ),
 ]
 
 
@@ -56,7 +62,18 @@ def _client(url: str, token: str | None) -> Client:
 
 
 def _fail(exc: ApiError) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {exc.message} [dim]({exc.code})[/dim]")
+    errors.print(f"[red]error:[/red] {escape(exc.message)} [dim]({exc.code})[/dim]")
+    if exc.code == "not_found" and "no request" in exc.message:
+        # The server answers "absent" and "not yours" alike (ids are no oracle); say what that can mean.
+        errors.print(
+            "[dim]it does not exist, or this token is not its requester, an approver in one of its groups "
+            "or an auditor[/dim]"
+        )
+    elif exc.code == "unauthenticated":
+        errors.print(
+            "[dim]pass --token or set KEYTURN_TOKEN (a user token from `keyturn users add-token`, "
+            "or an agent key from `keyturn keys create`)[/dim]"
+        )
     return typer.Exit(1)
 
 
@@ -299,8 +316,8 @@ def wait(
 ) -> None:
     """Wait for a decision, showing who is still needed and the time left.
 
-    Exit status: 0 approved or allowed (may run), 1 denied, expired or cancelled, 3 still pending when
-    --timeout ran out, so a script can tell "no" from "no answer yet".
+    Exit status: 0 approved or allowed (may run); 1 denied, expired or cancelled; 3 still pending when the
+    timeout ran out (so a script can tell "no" from "no answer yet").
     """
     deadline = time.monotonic() + timeout
     try:

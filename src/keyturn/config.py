@@ -61,7 +61,9 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8300, description="port to listen on")
-    public_url: str | None = Field(default=None, description="URL people and agents use to reach this server (review_url)")
+    public_url: str | None = Field(
+        default=None, description="URL people and agents use to reach this server (review_url)"
+    )
     database: str = Field(default="sqlite:///keyturn.db", description="sqlite:///PATH or postgresql://…")
     policy: list[Path] = Field(default_factory=lambda: [Path("policy.yaml")], description="policy files")
     data_dir: Path = Field(default=Path("keyturn-data"), description="signing keys (0700)")

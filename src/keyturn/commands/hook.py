@@ -66,7 +66,7 @@ def claude_code(
         sys.stdin.read(), prefix=action_prefix, actions=actions, timeout=timeout, url=url, api_key=api_key
     )
     if output is not None:
-        typer.echo(json.dumps(output))
+        typer.echo(json.dumps(output, ensure_ascii=False))
 
 
 def run_claude_code_hook(

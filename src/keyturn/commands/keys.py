@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -34,7 +35,11 @@ def create(
 ) -> None:
     """Create an API key for an agent and print it once."""
     names = sorted({g.strip() for entry in groups or [] for g in entry.split(",") if g.strip()})
-    principal_id = agent if agent.startswith("agent:") else f"agent:{agent}"
+    name = agent.removeprefix("agent:")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]*", name):
+        typer.echo(f"--agent: {agent!r} is not a valid agent name (letters, digits, _ . @ -)", err=True)
+        raise typer.Exit(2)
+    principal_id = f"agent:{name}"
     plaintext, record = generate_api_key(principal_id, names, datetime.now(UTC))
     store, repository = _repository(config, database)
     try:
@@ -72,12 +77,20 @@ def list_keys(config: ConfigOption = None, database: DatabaseOption = None) -> N
 @app.command()
 def revoke(key_id: str, config: ConfigOption = None, database: DatabaseOption = None) -> None:
     """Revoke an API key; requests made with it are refused from now on."""
+    # A whole key pasted by mistake is reduced to its id (`kt_XXXXXXXX`): the secret part is never echoed.
+    key_id = "_".join(key_id.strip().split("_")[:2])
     store, repository = _repository(config, database)
     try:
+        existing = repository.get(key_id)
         revoked = repository.revoke(key_id)
     finally:
         store.close()
     if not revoked:
-        typer.echo(f"no active key {key_id}", err=True)
+        if existing is not None and existing.revoked_at is not None:
+            typer.echo(
+                f"key {key_id} was already revoked at {existing.revoked_at.isoformat(timespec='seconds')}"
+            )
+            return
+        typer.echo(f"no key {key_id} (see `keyturn keys list`)", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
