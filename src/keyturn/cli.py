@@ -214,7 +214,7 @@ def show(request_id: str, url: UrlOption = default_url(), token: TokenOption = N
         ("justification", item["justification"] or "-"),
         (
             "decision",
-            f"{verdict['decision']} by rules {', '.join(r['rule'] for r in verdict['rules']) or '-'}",
+            f"{verdict['decision']} (rules: {_rules(verdict)})",
         ),
         ("tier", verdict["tier"] or "-"),
         ("requires", " and ".join(_requirement(r) for r in verdict["requirements"]) or "-"),
@@ -222,13 +222,15 @@ def show(request_id: str, url: UrlOption = default_url(), token: TokenOption = N
         ("editable", ", ".join(verdict["editable"]) or "-"),
         (
             "expires",
-            f"{item['expires_at']} ({_time_left(item['expires_at'])})" if item["expires_at"] else "-",
+            f"{_clock(item['expires_at'])} ({_time_left(item['expires_at'])})"
+            if item["expires_at"] and item["status"] == "pending"
+            else "-",
         ),
         ("policy", verdict["policy_revision"]),
     ]
     table = Table(show_header=False, box=None)
     for key, value in rows:
-        table.add_row(f"[dim]{key}[/dim]", str(value))
+        table.add_row(f"[dim]{key}[/dim]", escape(str(value)))
     console.print(table)
     console.print("[bold]params[/bold]")
     console.print_json(data=item["params"])
@@ -236,11 +238,16 @@ def show(request_id: str, url: UrlOption = default_url(), token: TokenOption = N
         console.print("[bold]approved params (edited)[/bold]")
         console.print_json(data=item["approved_params"])
     history = Table(title="history")
-    for column in ("seq", "time", "event", "actor", "detail"):
-        history.add_column(column)
+    history.add_column("seq", no_wrap=True)
+    history.add_column("time (UTC)", no_wrap=True)
+    history.add_column("event", no_wrap=True)
+    for column in ("actor", "detail"):
+        history.add_column(column, overflow="fold")
     for event in item.get("history", []):
         detail = event["payload"].get("comment") or event["payload"].get("reason") or ""
-        history.add_row(str(event["seq"]), str(event["ts"]), event["type"], event["actor"], str(detail))
+        history.add_row(
+            str(event["seq"]), _clock(str(event["ts"])), event["type"], event["actor"], escape(str(detail))
+        )
     console.print(history)
 
 
@@ -354,6 +361,22 @@ def _status(status: str) -> str:
         "cancelled": "dim",
     }.get(status, "white")
     return f"[{colour}]{status}[/{colour}]"
+
+
+def _rules(verdict: dict[str, Any]) -> str:
+    return ", ".join(r["rule"] for r in verdict["rules"]) or "none matched: the policy default"
+
+
+def _clock(timestamp: str) -> str:
+    """`2026-11-23 06:22:14` (UTC): the moment, without microseconds and offset noise."""
+    try:
+        return (
+            datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+            .astimezone(UTC)
+            .strftime("%Y-%m-%d %H:%M:%S")
+        )
+    except ValueError:
+        return timestamp
 
 
 def _requirement(requirement: dict[str, Any]) -> str:
