@@ -5,7 +5,7 @@ and an `on_behalf_of` spelled differently from the human's id."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +116,33 @@ def test_on_behalf_of_must_be_a_principal_id(live_server: Any) -> None:
         headers=live_server.headers("agent:deploy-bot"),
     )
     assert answer.status_code == 422 and answer.json()["error"]["message"].startswith("body.on_behalf_of")
+
+
+def test_approved_params_are_redacted_like_the_params() -> None:
+    from keyturn.model import Decision, Requirement, Route, Verdict
+
+    route = Route(
+        requirements=(Requirement(groups=("sre",)),),
+        ttl=timedelta(hours=1),
+        editable=("params.rows",),
+        redact=("params.customer_ssn",),
+    )
+    request = ActionRequest(action="db.export", params={"rows": 5000, "customer_ssn": SSN}, requester=AGENT)
+    submitted = workflow.submit(
+        "req_1", request, Verdict(decision=Decision.REVIEW, route=route), NOW, "gr_1"
+    ).record
+    alice = Principal(id="user:alice@example.com", kind=PrincipalKind.HUMAN, groups=frozenset({"sre"}))
+    approved = workflow.review(
+        submitted,
+        alice,
+        ReviewDecision.APPROVE,
+        "narrowed",
+        NOW,
+        edited_params={"rows": 10, "customer_ssn": SSN},
+        reevaluate=lambda _: Verdict(decision=Decision.REVIEW, route=route),
+        grant_id="gr_2",
+    ).record
+    assert approved.approved_params == {"rows": 10, "customer_ssn": SSN}
+    view = public_view(approved)
+    assert SSN not in json.dumps(view)
+    assert view["approved_params"]["rows"] == 10
