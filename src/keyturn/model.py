@@ -154,6 +154,11 @@ class Verdict(Frozen):
         return tuple(m.rule for m in self.rules)
 
     @property
+    def brokered_secrets(self) -> tuple[str, ...]:
+        """Names of the brokered secrets handed to the executor with the grant."""
+        return self.route.secrets if self.route else self.secrets
+
+    @property
     def redactions(self) -> tuple[str, ...]:
         """Dotted paths (``params.x``, ``context.y``, ``justification``) never shown or logged in clear."""
         named = set(self.redact) | set(self.route.redact if self.route else ())

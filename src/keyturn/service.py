@@ -331,15 +331,14 @@ class Keyturn:
             params_digest=claims.pdg,
         )
 
-        # Brokered secrets are resolved BEFORE the grant is consumed: a secret the server cannot hand over
-        # must leave the grant unused, not strand the request in `executing` with nothing able to run.
-        stored = self.store.get(claims.rid)
-        verdict = stored.verdict if stored is not None else None
-        names = (verdict.route.secrets if verdict.route else verdict.secrets) if verdict is not None else ()
-        handed_over = self._resolve_secrets(names)
+        handed_over: dict[str, str] = {}
 
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
-            return workflow.consume_grant(record, presented, principal, at)
+            transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
+            # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
+            # over must leave the grant unused, not strand the request in `executing` with nothing to run.
+            handed_over.update(self._resolve_secrets(record.verdict.brokered_secrets))
+            return transition
 
         try:
             record = self._transition(principal, claims.rid, step, authorise=False)
@@ -368,23 +367,20 @@ class Keyturn:
                     f"only the requester or the executor can report the result of {record.id}",
                     {"code": "not_executor"},
                 )
+            scrubbed = self._scrub_brokered_secrets(record, detail)
             return workflow.report_result(
                 record, principal, succeeded, now, output_digest=output_digest, detail=scrubbed
             )
 
-        scrubbed = self._scrub_brokered_secrets(request_id, detail)
         return self._transition(principal, request_id, step)
 
-    def _scrub_brokered_secrets(self, request_id: str, detail: str) -> str:
+    def _scrub_brokered_secrets(self, record: RequestRecord, detail: str) -> str:
         """An executor that echoes a brokered secret into its result must not put it in the ledger: the
         server knows the exact values it handed over, so it removes them (pattern redaction may not)."""
-        record = self.store.get(request_id)
-        if record is None or not detail:
+        if not detail:
             return detail
-        verdict = record.verdict
-        names = verdict.route.secrets if verdict.route else verdict.secrets
         try:
-            values = self._resolve_secrets(names)
+            values = self._resolve_secrets(record.verdict.brokered_secrets)
         except ServiceError:
             return detail
         for name, value in values.items():

@@ -84,16 +84,14 @@ def store_entries(store: Store, page: int = 5000) -> Iterator[LeafEntry]:
         after = batch[-1].seq
 
 
-def _log_origin(store: Store, config: Path | None, fallback: str | None) -> str | None:
+def _log_origin(store: Store, configured: str | None) -> str | None:
     """The origin the log's checkpoints carry: the configured one when a configuration is given; with only
     --database, the one the stored checkpoints were signed with (a default from nowhere would make a genuine
     log look like another log's)."""
-    if config is not None:
-        from keyturn.commands._common import settings
-
-        return settings(config, None).ledger.origin
+    if configured is not None:
+        return configured
     stored = store.checkpoints()
-    return stored[-1].note.split("\n", 1)[0] if stored else fallback
+    return stored[-1].note.split("\n", 1)[0] if stored else None
 
 
 def verify_store(
@@ -201,7 +199,8 @@ def export(
             manifest = export_store(
                 store,
                 out,
-                origin=_log_origin(store, config, None) or configured.ledger.origin,
+                origin=_log_origin(store, configured.ledger.origin if config else None)
+                or configured.ledger.origin,
                 from_seq=from_seq,
                 to_seq=to_seq,
             )
@@ -337,7 +336,9 @@ def report(
     end = _when(to, "--to", end=True) if to else None
     store = _open_store(configured.database)
     try:
-        verification = verify_store(store, [], [], _log_origin(store, config, None))
+        verification = verify_store(
+            store, [], [], _log_origin(store, configured.ledger.origin if config else None)
+        )
         events = (json.loads(e.leaf) for e in store_entries(store))
         evidence = build_report(
             events,

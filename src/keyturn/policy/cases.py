@@ -259,7 +259,7 @@ def compare(expect: ExpectSpec, verdict: Verdict) -> list[Mismatch]:
     if expect.step_up is not None:
         check("step_up", expect.step_up, route.step_up if route else False)
     if expect.secrets is not None:
-        check("secrets", sorted(expect.secrets), sorted(route.secrets if route else verdict.secrets))
+        check("secrets", sorted(expect.secrets), sorted(verdict.brokered_secrets))
     if expect.editable is not None:
         check("editable", sorted(expect.editable), sorted(route.editable) if route else [])
     if expect.redact is not None:
