@@ -36,12 +36,37 @@ class Role(StrEnum):
     AUDITOR = "auditor"
 
 
+class AuthMethod(StrEnum):
+    """How a principal proved who it is for the call at hand."""
+
+    API_KEY = "api_key"  # agent API key
+    WORKLOAD_JWT = "workload_jwt"  # agent token from a configured issuer
+    OIDC = "oidc"  # a human's ID token / bearer JWT from the identity provider
+    USER_TOKEN = "user_token"  # a users-file token (single machine)
+    CONSOLE = "console"  # a console session (login by OIDC or the users file)
+    CHAT = "chat"  # a click in a linked Slack / Teams account
+    PASSKEY = "passkey"  # a WebAuthn assertion made for this very review
+    INTERNAL = "internal"  # the server itself (timers), tests
+
+
+class Authentication(Frozen):
+    """How and when a principal authenticated: what a `step_up` route asks of a review (DESIGN §3)."""
+
+    method: AuthMethod
+    # When the human last proved presence to the identity provider (OIDC `auth_time`) or to keyturn
+    # (a passkey assertion); None where nothing says (an API key, a long-lived token).
+    at: datetime | None = None
+    amr: tuple[str, ...] = ()  # OIDC authentication methods references, as the provider said them
+    acr: str | None = None
+
+
 class Principal(Frozen):
     id: str  # "agent:deploy-bot", "user:alice@example.com"
     kind: PrincipalKind
     groups: frozenset[str] = frozenset()
     roles: frozenset[Role] = frozenset()
     display_name: str | None = None
+    authn: Authentication | None = None  # None: unknown, which a step-up route treats as not fresh
 
 
 def same_identity(a: str | None, b: str | None) -> bool:

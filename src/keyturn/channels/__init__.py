@@ -1,0 +1,1 @@
+"""Approver channels: Slack, Microsoft Teams and webhooks behind one small interface (`base.Channel`)."""
