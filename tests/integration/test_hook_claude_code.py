@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_adapters_common import AGENT, Reviewer, latest, shared_server
 
 from support.live import keyturn_executable
-from test_adapters_common import AGENT, Reviewer, latest, shared_server
 
 CLAUDE_POLICY = """\
 version: 1

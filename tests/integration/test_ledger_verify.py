@@ -24,7 +24,7 @@ from keyturn.ledger.note import NoteSigner, SignedCheckpoint, sign_checkpoint
 from keyturn.ledger.verify import CheckpointSource, VerifyResult
 from keyturn.store import Store
 from keyturn.store.records import leaf_bytes, leaf_hash
-from test_ledger_support import ORIGIN, build_ledger, make_signer
+from support.ledger import ORIGIN, build_ledger, make_signer
 
 if TYPE_CHECKING:
     from conftest import RequestFactory

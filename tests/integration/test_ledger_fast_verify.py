@@ -18,7 +18,7 @@ from keyturn.ledger.bundle import export_store, read_bundle, verify_bundle
 from keyturn.ledger.merkle import CompactRange, hash_leaf
 from keyturn.ledger.verify import CheckpointSource, Problem, VerifyResult, verify_log
 from keyturn.store import Store
-from test_ledger_support import ORIGIN, build_ledger, make_signer
+from support.ledger import ORIGIN, build_ledger, make_signer
 
 if TYPE_CHECKING:
     from conftest import RequestFactory

@@ -18,7 +18,7 @@ from keyturn.identity.users import UsersFile, add_user_token, read_users
 from keyturn.model import PrincipalKind, Role
 from keyturn.redact import looks_like_secret
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "users.yaml"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "users.yaml"
 
 USERS = """\
 # Humans of the test.

@@ -18,7 +18,7 @@ import yaml
 
 from support.live import LiveServer, free_port, keyturn_executable
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def keyturn(*args: str, token: str | None = None, url: str | None = None, check: bool = True) -> str:

@@ -23,7 +23,7 @@ from keyturn.model import Principal, PrincipalKind, Role
 from keyturn.server import deps, errors
 from keyturn.server.api import ledger as ledger_api
 from keyturn.store import Store
-from test_ledger_support import ORIGIN, build_ledger, make_signer, register, run_request
+from support.ledger import ORIGIN, build_ledger, make_signer, register, run_request
 
 if TYPE_CHECKING:
     from conftest import RequestFactory

@@ -58,7 +58,7 @@ rules:
 """
 
 UPSTREAM_TOKEN = "upstream-secret-4f9a"
-SUPPORT = Path(__file__).parent / "support"
+SUPPORT = Path(__file__).parents[1] / "support"
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from keyturn.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 KEYTURN = Path(sys.executable).parent / "keyturn"
 runner = CliRunner()

@@ -14,11 +14,11 @@ from claude_agent_sdk import (
     PreToolUseHookInput,
     ToolPermissionContext,
 )
+from test_adapters_common import AGENT, Reviewer, latest, shared_server
+from test_hook_claude_code import CLAUDE_POLICY
 
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters.claude import keyturn_can_use_tool, keyturn_pre_tool_use_hook
-from test_adapters_common import AGENT, Reviewer, latest, shared_server
-from test_hook_claude_code import CLAUDE_POLICY
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.tools import BaseTool, ToolException, tool
 from pydantic import Field
+from test_adapters_common import AGENT, Reviewer, latest, module_server
 
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters import ActionSpec, AdapterError
 from keyturn.sdk.adapters.langchain import KeyturnMiddleware, gated_tool
-from test_adapters_common import AGENT, Reviewer, latest, module_server
 
 
 class ScriptedChatModel(GenericFakeChatModel):

@@ -8,10 +8,10 @@ from typing import Any
 
 from agents import Agent, FunctionTool, Runner, function_tool
 from agents.testing import ScriptedModel, assistant_message, function_call
+from test_adapters_common import AGENT, Reviewer, latest, module_server
 
 from keyturn.sdk import AsyncGate, Gate
 from keyturn.sdk.adapters.openai_agents import guard_function_tool, keyturn_tool
-from test_adapters_common import AGENT, Reviewer, latest, module_server
 
 __all__ = ["module_server"]  # the fixture, imported so pytest finds it here
 
