@@ -54,6 +54,52 @@ class LedgerSettings(BaseModel):
     witness_urls: list[str] = Field(default_factory=list, description="POST every checkpoint to these URLs")
 
 
+class SlackSettings(BaseModel):
+    """The Slack app (docs/channels.md). Targets look like `slack:#ops-approvals` or `slack:C0123ABCD`."""
+
+    model_config = ConfigDict(extra="forbid")
+    bot_token: SecretSettings = Field(description="xoxb- bot token (env or file)")
+    signing_secret: SecretSettings = Field(description="signs interactivity requests (env or file)")
+    app_token: SecretSettings | None = Field(
+        default=None, description="xapp- token: Socket Mode instead of the HTTP endpoint"
+    )
+    api_url: str = Field(default="https://slack.com/api/", description="Web API base URL")
+    link_by_email: bool = Field(
+        default=False, description="map Slack users to principals by verified e-mail (else: signed links)"
+    )
+
+
+class TeamsSettings(BaseModel):
+    """The Microsoft Teams bot (docs/channels.md). Targets look like `teams:oncall`."""
+
+    model_config = ConfigDict(extra="forbid")
+    app_id: str = Field(description="the bot's Entra application (client) id")
+    tenant_id: str = Field(description="the Entra tenant the bot belongs to")
+    app_secret: SecretSettings = Field(description="the bot's client secret (env or file)")
+    conversations: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="target name -> conversation reference (conversation_id, service_url)",
+    )
+
+
+class WebhookSettings(BaseModel):
+    """A Standard Webhooks endpoint. Targets look like `webhook:siem`."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="where events are POSTed (redirects are not followed)")
+    secret: SecretSettings | None = Field(default=None, description="whsec_… for v1 (HMAC-SHA256)")
+    signing_key: SecretSettings | None = Field(
+        default=None, description="Ed25519 private key (PEM) for v1a signatures"
+    )
+
+
+class ChannelsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slack: SlackSettings | None = Field(default=None, description="the Slack app")
+    teams: TeamsSettings | None = Field(default=None, description="the Teams bot")
+    webhooks: dict[str, WebhookSettings] = Field(default_factory=dict, description="name -> endpoint")
+
+
 class Settings(BaseSettings):
     """Every setting of `keyturn serve`. `keyturn serve --help` lists them."""
 
@@ -73,6 +119,9 @@ class Settings(BaseSettings):
     timer_interval: float = Field(default=1.0, gt=0, description="seconds between expiry/escalation sweeps")
     secrets: dict[str, SecretSettings] = Field(default_factory=dict, description="brokered secrets")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="the signed Merkle ledger")
+    channels: ChannelsSettings = Field(
+        default_factory=ChannelsSettings, description="where notifications go: slack, teams, webhooks"
+    )
     log_level: str = Field(default="info", description="critical, error, warning, info or debug")
 
     @classmethod

@@ -25,12 +25,10 @@ from keyturn.grants import GrantError, GrantIssuer, verify_grant
 from keyturn.keys import KeyRing
 from keyturn.model import (
     ActionRequest,
-    Decision,
     Principal,
     RequestRecord,
     ReviewDecision,
     Role,
-    RuleMatch,
     Status,
     Verdict,
     canonical_json,
@@ -38,7 +36,6 @@ from keyturn.model import (
     same_identity,
 )
 from keyturn.policy import PolicyHolder
-from keyturn.redact import redact_document
 from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
 
 log = logging.getLogger("keyturn")
@@ -532,74 +529,6 @@ def request_digest(request: ActionRequest) -> str:
         "on_behalf_of": request.on_behalf_of,
     }
     return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
-
-
-def public_view(record: RequestRecord) -> dict[str, Any]:
-    """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out.
-
-    Redaction covers the whole view, as it does every ledger event: the paths policy names (in `params`,
-    `approved_params`, `context`, `justification`) and, anywhere (resource, comments, result detail),
-    values that look like credentials. `history` and `grant` are left to the caller.
-    """
-    request = record.request
-    verdict = record.verdict
-    route = verdict.route
-    redaction = verdict.redactions
-    view = {
-        "id": record.id,
-        "status": record.status.value,
-        "action": request.action,
-        "resource": request.resource,
-        "params": request.params,
-        "approved_params": record.approved_params,
-        "justification": request.justification,
-        "context": request.context,
-        "requester": {"id": request.requester.id, "kind": request.requester.kind.value},
-        "on_behalf_of": request.on_behalf_of,
-        "idempotency_key": request.idempotency_key,
-        "verdict": {
-            "decision": verdict.decision.value,
-            "reason": verdict.reason,
-            "rules": [_visible_rule(m) for m in verdict.rules],
-            "policy_revision": verdict.policy_revision,
-            "tier": route.tier if route else None,
-            "requirements": [r.model_dump(mode="json") for r in route.requirements] if route else [],
-            "editable": list(route.editable) if route else [],
-            "step_up": route.step_up if route else False,
-        },
-        "still_needed": workflow.outstanding(record),
-        "reviews": [
-            {
-                "reviewer": r.reviewer,
-                "decision": r.decision.value,
-                "comment": r.comment,
-                "params_digest": r.params_digest,
-                "edited": r.params is not None and r.params != request.params,
-                "at": r.at.isoformat(),
-            }
-            for r in record.reviews
-        ],
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
-        "grant_expires_at": record.grant.expires_at.isoformat() if record.grant else None,
-        "result": record.result,
-        "decided": record.status is not Status.PENDING,
-        "allowed_without_review": verdict.decision is Decision.ALLOW,
-    }
-    approved = tuple(
-        p.replace("params.", "approved_params.", 1) for p in redaction if p.startswith("params.")
-    )
-    return redact_document(view, (*redaction, *approved))
-
-
-def _visible_rule(match: RuleMatch) -> dict[str, Any]:
-    shown = match.model_dump(mode="json")
-    if match.error is not None:
-        # A CEL error can quote the value it failed on, which may be one policy redacts: say that it failed
-        # (the request failed closed), not what it said; `keyturn policy explain` shows the details.
-        shown["error"] = "the condition could not be evaluated (the rule counts as matched: fails closed)"
-    return shown
 
 
 def expires_in(record: RequestRecord, now: datetime) -> timedelta | None:

@@ -15,7 +15,7 @@ import pytest
 from keyturn import workflow
 from keyturn.model import ActionRequest, Principal, PrincipalKind, ReviewDecision
 from keyturn.policy import load_policy
-from keyturn.service import public_view
+from keyturn.views import request_view
 
 POLICY = """\
 version: 1
@@ -65,7 +65,7 @@ def test_a_deny_that_outranks_the_review_rule_keeps_its_redactions(tmp_path: Pat
     assert transition.record.status.value == "denied"
     ledger = json.dumps([e.payload for e in transition.events])
     assert SSN not in ledger and SECRET_WORDS not in ledger
-    assert SSN not in json.dumps(public_view(transition.record))
+    assert SSN not in json.dumps(request_view(transition.record, base_url="http://kt"))
 
 
 def test_a_redacted_justification_is_redacted_in_the_ledger_and_the_api(tmp_path: Path) -> None:
@@ -73,14 +73,14 @@ def test_a_redacted_justification_is_redacted_in_the_ledger_and_the_api(tmp_path
     assert transition.record.status.value == "pending"
     submitted = transition.events[0].payload
     assert submitted["justification"]["redacted"].startswith("sha256:")
-    view = public_view(transition.record)
+    view = request_view(transition.record, base_url="http://kt")
     assert SECRET_WORDS not in json.dumps(view) and SSN not in json.dumps(view)
     assert view["params"]["rows"] == 10  # only what policy names is hidden
 
 
 def test_a_cel_error_does_not_quote_a_redacted_value_in_the_api(tmp_path: Path) -> None:
     transition = submit(tmp_path, 10, context={"lease": "s.Hunter2VaultToken"})
-    view = json.dumps(public_view(transition.record))
+    view = json.dumps(request_view(transition.record, base_url="http://kt"))
     assert "Hunter2VaultToken" not in view
     assert "could not be evaluated" in view  # it failed closed, and says so
 
@@ -143,6 +143,6 @@ def test_approved_params_are_redacted_like_the_params() -> None:
         grant_id="gr_2",
     ).record
     assert approved.approved_params == {"rows": 10, "customer_ssn": SSN}
-    view = public_view(approved)
+    view = request_view(approved, base_url="http://kt")
     assert SSN not in json.dumps(view)
     assert view["approved_params"]["rows"] == 10

@@ -16,7 +16,8 @@ from sse_starlette.sse import EventSourceResponse
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
 from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
 from keyturn.server.deps import Caller, Human, Service
-from keyturn.service import Keyturn, Submission, public_view
+from keyturn.service import Keyturn, Submission
+from keyturn.views import request_view
 
 router = APIRouter(prefix="/v1/actions", tags=["actions"])
 
@@ -24,10 +25,7 @@ MAX_WAIT_SECONDS = 300.0
 
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
-    view = public_view(record)
-    # Where a reviewer finds the request. There is no web console yet, so this is the request in the API
-    # (GET it with a token; POST .../reviews to decide) rather than a link that would answer 404.
-    view["review_url"] = f"{svc.settings.base_url}/v1/actions/{record.id}"
+    view = request_view(record, base_url=svc.settings.base_url)
     token = svc.grant_token(who, record)
     if token is not None:
         view["grant"] = token
