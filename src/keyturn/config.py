@@ -100,6 +100,32 @@ class ChannelsSettings(BaseModel):
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict, description="name -> endpoint")
 
 
+class ConsoleSettings(BaseModel):
+    """The web console (docs/console.md): who may log in and how long a session lasts."""
+
+    model_config = ConfigDict(extra="forbid")
+    oidc_issuer: str | None = Field(
+        default=None, description="log in with this issuer (one of `issuers`, kind human): OIDC code + PKCE"
+    )
+    client_id: str | None = Field(default=None, description="the console's OIDC client id")
+    client_secret: SecretSettings | None = Field(
+        default=None, description="the console's OIDC client secret (env or file)"
+    )
+    redirect_url: str | None = Field(
+        default=None, description="default {public_url}/console/login/callback; register it at the provider"
+    )
+    scopes: str = Field(default="openid email profile groups", description="scopes asked of the provider")
+    password_login: bool = Field(
+        default=True, description="users of the users file with a `password_hash` (argon2) may log in"
+    )
+    idle_timeout: timedelta = Field(
+        default=timedelta(minutes=30), description="a session unused this long ends"
+    )
+    absolute_timeout: timedelta = Field(
+        default=timedelta(hours=12), description="a session ends this long after login"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of `keyturn serve`. `keyturn serve --help` lists them."""
 
@@ -121,6 +147,9 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="the signed Merkle ledger")
     channels: ChannelsSettings = Field(
         default_factory=ChannelsSettings, description="where notifications go: slack, teams, webhooks"
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings, description="the web console: OIDC login, sessions"
     )
     log_level: str = Field(default="info", description="critical, error, warning, info or debug")
 
@@ -217,7 +246,9 @@ def settings_help() -> str:
         if nested is not None:
             for sub_name, sub in nested.model_fields.items():
                 env = (
-                    f"KEYTURN_{name.upper()}__{sub_name.upper()}" if nested is LedgerSettings else "YAML only"
+                    f"KEYTURN_{name.upper()}__{sub_name.upper()}"
+                    if nested in (LedgerSettings, ConsoleSettings)
+                    else "YAML only"
                 )
                 lines.append(f"  {name}.{sub_name} ({_where(env, sub)}): {sub.description or ''}")
     return "\n\n".join(lines)
@@ -233,7 +264,7 @@ def _where(env: str, field: Any) -> str:
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (LedgerSettings, IssuerSettings, SecretSettings):
+    for candidate in (LedgerSettings, ConsoleSettings, IssuerSettings, SecretSettings):
         if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
             return candidate
     return None

@@ -36,7 +36,14 @@ from keyturn.model import (
     same_identity,
 )
 from keyturn.policy import PolicyHolder
-from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
+from keyturn.store import (
+    ConcurrentUpdate,
+    DecisionRecord,
+    DuplicateIdempotencyKey,
+    InvalidCursor,
+    Store,
+    Subscription,
+)
 
 log = logging.getLogger("keyturn")
 
@@ -252,6 +259,10 @@ class Keyturn:
             {"seq": e.seq, "ts": e.ts, "type": e.type, "actor": e.actor, "payload": e.payload}
             for e in self.store.events_for_request(record.id)
         ]
+
+    def changes(self, request_id: str | None = None) -> Subscription:
+        """Wake-ups when a request (any request: None) changes on any replica: for live pages."""
+        return self.store.feed.subscribe(request_id)
 
     # --- transitions --------------------------------------------------------------------------------
 

@@ -174,9 +174,9 @@ class LiveServer:
         self.stop()
         self.start(timeout)
 
-    def start_replica(self, timeout: float = 30.0) -> LiveServer:
+    def start_replica(self, timeout: float = 30.0, port: int | None = None) -> LiveServer:
         """Another `keyturn serve` on the same configuration, database and signing keys (PostgreSQL only)."""
-        port = free_port()
+        port = port or free_port()
         replica = LiveServer(
             url=f"http://127.0.0.1:{port}",
             port=port,
@@ -238,6 +238,7 @@ def start_server(
     agents: Mapping[str, Sequence[str]] = DEFAULT_AGENTS,
     settings: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
+    port: int | None = None,
 ) -> LiveServer:
     """Write a configuration under `workdir` and start `keyturn serve` on a free loopback port.
 
@@ -248,7 +249,7 @@ def start_server(
     (workdir / "policy.yaml").write_text(policy, encoding="utf-8")
     tokens = write_users_file(workdir / "users.yaml", users)
     tokens.update(create_agent_keys(database_url, agents))
-    port = free_port()
+    port = port or free_port()
     config: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keyturn.identity.errors import UsersFileError
-from keyturn.identity.users import add_user_token, read_users
+from keyturn.identity.users import add_user_token, read_users, set_user_password
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -38,6 +38,31 @@ def add_token(
         raise typer.Exit(1) from exc
     typer.echo(plaintext)
     typer.echo(f"added a token for {user_id} to {users_file}; store it now, it is not shown again", err=True)
+
+
+@app.command("set-password")
+def set_password(
+    user_id: Annotated[str, typer.Argument(help="user id, e.g. user:alice@example.com")],
+    users_file: UsersFileOption,
+    password: Annotated[
+        str,
+        typer.Option(
+            "--password",
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="KEYTURN_NEW_PASSWORD",
+            help="asked for when not given (12 characters at least)",
+        ),
+    ],
+) -> None:
+    """Set a user's web console password (single machine): only its argon2id hash is stored."""
+    try:
+        set_user_password(users_file, user_id, password)
+    except UsersFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"password set for {user_id} in {users_file}", err=True)
 
 
 @app.command("list")

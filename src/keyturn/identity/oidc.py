@@ -177,6 +177,10 @@ class IssuerVerifier:
             raise AuthenticationError(INVALID_TOKEN) from None
         return self._principal(claims)
 
+    def principal_from_claims(self, claims: dict[str, Any]) -> Principal:
+        """The principal of verified claims (the console's ID token, verified by its login flow)."""
+        return self._principal(claims)
+
     def _principal(self, claims: dict[str, Any]) -> Principal:
         subject = _claim(claims, self.settings.subject_claim)
         if not isinstance(subject, str) or not subject:

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from keyturn.identity.errors import AuthenticationError, UsersFileError
@@ -43,6 +45,8 @@ from keyturn.model import Principal, PrincipalKind, Role
 log = logging.getLogger("keyturn.identity")
 
 INVALID_TOKEN = "invalid or revoked user token"
+WRONG_PASSWORD = "wrong user or password"
+_DUMMY_HASH = PasswordHasher().hash("keyturn-no-such-user")
 
 
 class _Strict(BaseModel):
@@ -62,6 +66,8 @@ class User(_Strict):
     groups: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ()
     tokens: tuple[UserToken, ...] = ()
+    # argon2id hash (`keyturn users set-password`): logs the user in to the web console on a single machine.
+    password_hash: str | None = Field(default=None, pattern=r"^\$argon2id\$")
 
     def principal(self) -> Principal:
         return Principal(
@@ -180,6 +186,19 @@ class UsersFile:
             raise AuthenticationError(INVALID_TOKEN)
         return user.principal()
 
+    def check_password(self, user_id: str, password: str) -> Principal:
+        """The user for a console password login; `AuthenticationError` (one message for every failure)."""
+        user = self._current().by_id.get(user_id.strip())
+        hasher = PasswordHasher()
+        try:
+            if user is None or user.password_hash is None:
+                hasher.verify(_DUMMY_HASH, password + "\x00")  # same work as a real check
+                raise AuthenticationError(WRONG_PASSWORD)
+            hasher.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationError(WRONG_PASSWORD) from None
+        return user.principal()
+
     def user(self, user_id: str) -> User | None:
         return self._current().by_id.get(user_id)
 
@@ -255,6 +274,29 @@ def add_user_token(path: Path, user_id: str, label: str = "", *, now: datetime |
         parse_users(new_text, str(path))  # never write a file the server would refuse
         _replace(path, new_text)
     return plaintext
+
+
+def set_user_password(path: Path, user_id: str, password: str) -> None:
+    """Store an argon2id hash of `password` for `user_id` (never the password itself)."""
+    if len(password) < 12:
+        raise UsersFileError("the password must have at least 12 characters")
+    path = Path(path)
+    with _locked(path):
+        text = path.read_text(encoding="utf-8")
+        document = parse_users(text, str(path))
+        if not any(u.id == user_id for u in document.users):
+            raise UsersFileError(
+                f"{path}: no user {user_id!r} (users: {', '.join(u.id for u in document.users)})"
+            )
+        raw = yaml.safe_load(text)
+        for user in raw["users"]:
+            if user.get("id") == user_id:
+                user["password_hash"] = PasswordHasher().hash(password)
+        new_text = _leading_comments(text) + yaml.safe_dump(
+            raw, sort_keys=False, allow_unicode=True, default_flow_style=None, width=120
+        )
+        parse_users(new_text, str(path))
+        _replace(path, new_text)
 
 
 def _leading_comments(text: str) -> str:

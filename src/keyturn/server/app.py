@@ -7,9 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from keyturn import __version__, metrics
 from keyturn.config import Settings
@@ -19,6 +22,9 @@ from keyturn.ledger.checkpointer import running_checkpointer
 from keyturn.policy import PolicyHolder
 from keyturn.server import errors
 from keyturn.server.api import actions, grants, ledger, system
+from keyturn.server.console import HERE as CONSOLE_DIR
+from keyturn.server.console import build_console
+from keyturn.server.console import routes as console_routes
 from keyturn.service import Keyturn
 from keyturn.store import Store
 
@@ -37,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
+        app.state.console = build_console(settings, store, app.state.authenticator)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
@@ -47,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await timers
             await store.feed.stop()
+            await app.state.console.http.aclose()
             store.close()
 
     app = FastAPI(
@@ -60,7 +68,23 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    app.include_router(console_routes.router)
+    app.mount("/console/static", StaticFiles(directory=str(CONSOLE_DIR / "static")), name="console-static")
+    install_console_errors(app)
     return app
+
+
+def install_console_errors(app: FastAPI) -> None:
+    @app.exception_handler(console_routes.LoginRequired)
+    async def login_required(_: Request, exc: console_routes.LoginRequired) -> RedirectResponse:
+        target = "/console/login?next=" + quote(exc.next_path)
+        if exc.message:
+            target += "&error=" + quote(exc.message)
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(console_routes.CrossSiteRefused)
+    async def cross_site(_: Request, exc: console_routes.CrossSiteRefused) -> PlainTextResponse:
+        return PlainTextResponse(str(exc), status_code=403)
 
 
 async def _run_timers(svc: Keyturn, interval: float) -> None:

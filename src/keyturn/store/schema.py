@@ -173,3 +173,45 @@ api_keys = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
 )
+
+# --- the web console (migration 0006_console) -----------------------------------------------------------
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # SHA-256 (hex) of the cookie's secret: a database read never yields a usable session.
+    Column("id_hash", String(64), primary_key=True),
+    Column("principal_id", Text, nullable=False, index=True),
+    Column("principal", Text, nullable=False),  # Principal JSON (groups, roles, authn) as logged in
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),  # the absolute timeout
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("revoked_by", Text, nullable=True),
+    Column("user_agent", Text, nullable=False),
+)
+
+console_logins = Table(
+    "console_logins",
+    metadata,
+    # An OIDC login under way: state -> nonce, PKCE verifier, where to go after. Used once, on any replica.
+    Column("state", String(100), primary_key=True),
+    Column("nonce", String(100), nullable=False),
+    Column("code_verifier", String(200), nullable=False),
+    Column("return_to", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False, index=True),
+)
+
+passkeys = Table(
+    "passkeys",
+    metadata,
+    Column("credential_id", String(700), primary_key=True),  # base64url
+    Column("principal_id", Text, nullable=False, index=True),
+    Column("public_key", Text, nullable=False),  # COSE key, base64url
+    Column("sign_count", BigInteger, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("transports", Text, nullable=False),  # JSON list
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_used_at", UtcDateTime, nullable=True),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)

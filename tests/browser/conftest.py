@@ -1,0 +1,88 @@
+"""Browser tests: Playwright driving Debian's Chromium (never a downloaded browser), a real `keyturn serve`
+and a real OpenID provider (tests/support/idp.py).
+
+Chromium is /usr/bin/chromium (`apt-get install chromium`; KEYTURN_CHROMIUM overrides). Under CI=true a
+missing browser fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Playwright, sync_playwright
+
+from support.console import ConsoleWorld, console_settings
+from support.idp import start_oidc_provider
+from support.live import free_port, start_server
+
+CHROMIUM = os.environ.get("KEYTURN_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).exists():
+        message = f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set KEYTURN_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+    launched = playwright_instance.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        # As root (CI) Chromium needs --no-sandbox; nothing but local test pages is opened.
+        args=["--no-sandbox", "--disable-dev-shm-usage"] if os.geteuid() == 0 else [],
+    )
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+@pytest.fixture
+def console_world_factory(tmp_path: Path, browser: Browser) -> Iterator[Any]:
+    worlds: list[ConsoleWorld] = []
+
+    def make(**server_kwargs: Any) -> ConsoleWorld:
+        port, replica_port = free_port(), free_port()
+        idp = start_oidc_provider(
+            tmp_path / f"idp{len(worlds)}",
+            redirect_uris=[f"http://127.0.0.1:{p}/console/login/callback" for p in (port, replica_port)],
+        )
+        try:
+            settings = {
+                **console_settings(idp, tmp_path / f"secrets{len(worlds)}"),
+                **server_kwargs.pop("settings", {}),
+            }
+            server = start_server(
+                tmp_path / f"server{len(worlds)}", port=port, settings=settings, **server_kwargs
+            )
+        except BaseException:
+            idp.stop()
+            raise
+        world = ConsoleWorld(server, idp, browser, replica_port)
+        worlds.append(world)
+        return world
+
+    try:
+        yield make
+    finally:
+        for world in worlds:
+            for ctx in world.contexts:
+                ctx.close()
+            world.server.stop()
+            world.idp.stop()
+
+
+@pytest.fixture
+def world(console_world_factory: Any) -> ConsoleWorld:
+    world: ConsoleWorld = console_world_factory()
+    return world

@@ -1,0 +1,66 @@
+"""The console under test: a `keyturn serve` whose console logs in through a real OpenID provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Browser, BrowserContext, Page
+
+from support.idp import IDP_PASSWORD, OidcProvider
+from support.live import LiveServer
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+@dataclass
+class ConsoleWorld:
+    """A keyturn server with console login by a real OpenID provider (and by password)."""
+
+    server: LiveServer
+    idp: OidcProvider
+    browser: Browser
+    replica_port: int
+    contexts: list[BrowserContext] = field(default_factory=list)
+
+    def context(self, **options: Any) -> BrowserContext:
+        ctx = self.browser.new_context(viewport=options.pop("viewport", DESKTOP), **options)
+        ctx.set_default_timeout(20_000)
+        self.contexts.append(ctx)
+        return ctx
+
+    def page(self, **options: Any) -> Page:
+        return self.context(**options).new_page()
+
+    def login(self, page: Page, user: str, *, base: str | None = None, next_path: str = "/console/") -> None:
+        """Log in through the identity provider's real login form."""
+        base = base or self.server.url
+        page.goto(f"{base}/console/login?next={next_path}")
+        page.click("#oidc-login")
+        idp_login(page, user)
+        page.wait_for_url(f"{base}{next_path}*")
+
+
+def idp_login(page: Page, user: str, password: str = IDP_PASSWORD) -> None:
+    page.wait_for_selector("#login")
+    page.fill("#login", user)
+    page.fill("#password", password)
+    page.click("#submit")
+
+
+def console_settings(idp: OidcProvider, workdir: Path) -> dict[str, Any]:
+    secret = workdir / "console-client-secret"
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret.write_text(idp.client_secret, encoding="utf-8")
+    return {
+        "issuers": [
+            {"issuer": idp.issuer, "audience": idp.client_id, "kind": "human", "subject_claim": "email"}
+        ],
+        "console": {
+            "oidc_issuer": idp.issuer,
+            "client_id": idp.client_id,
+            "client_secret": {"file": str(secret)},
+        },
+    }
