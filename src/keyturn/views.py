@@ -14,9 +14,8 @@ from keyturn.redact import redact_document
 
 
 def review_url(base_url: str, request_id: str) -> str:
-    """Where a reviewer finds the request. Until the web console exists this is the request in the API
-    (GET it with a token; POST .../reviews to decide) rather than a link that would answer 404."""
-    return f"{base_url}/v1/actions/{request_id}"
+    """Where a reviewer finds the request: its page in the web console (which asks for a login first)."""
+    return f"{base_url}/console/requests/{request_id}"
 
 
 def request_view(record: RequestRecord, *, base_url: str) -> dict[str, Any]:

@@ -144,7 +144,7 @@ def test_submit_review_is_pending_with_a_review_url_and_deadline(sqlite_server: 
     answer = submit(sqlite_server)
     assert answer["status"] == "pending"
     assert "grant" not in answer
-    assert answer["review_url"] == f"{sqlite_server.url}/v1/actions/{answer['id']}"
+    assert answer["review_url"] == f"{sqlite_server.url}/console/requests/{answer['id']}"
     assert answer["expires_at"] is not None
     assert answer["still_needed"] == ["1 from sre"]
 
