@@ -49,6 +49,18 @@ class AuthMethod(StrEnum):
     INTERNAL = "internal"  # the server itself (timers), tests
 
 
+class PasskeyAssertion(Frozen):
+    """A WebAuthn assertion made for one review, with what is needed to check it offline (base64url)."""
+
+    credential_id: str
+    public_key: str  # the COSE public key registered for this credential
+    rp_id: str
+    origin: str
+    authenticator_data: str
+    client_data_json: str
+    signature: str
+
+
 class Authentication(Frozen):
     """How and when a principal authenticated: what a `step_up` route asks of a review (DESIGN §3)."""
 
@@ -58,6 +70,7 @@ class Authentication(Frozen):
     at: datetime | None = None
     amr: tuple[str, ...] = ()  # OIDC authentication methods references, as the provider said them
     acr: str | None = None
+    passkey: PasskeyAssertion | None = None  # method passkey: the signature over this very review
 
 
 class Principal(Frozen):

@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from keyturn import passkeys
 from keyturn.model import (
     ActionRequest,
     Decision,
     Event,
     EventType,
     GrantRecord,
+    PasskeyAssertion,
     Principal,
     PrincipalKind,
     RequestRecord,
@@ -93,6 +95,10 @@ class ReasonRequired(ReviewRefused):
 
 class EditRefused(ReviewRefused):
     code = "edit_refused"
+
+
+class SignatureMismatch(ReviewRefused):
+    code = "signature_mismatch"
 
 
 class NotPending(WorkflowError):
@@ -230,9 +236,12 @@ def review(
             f"{reviewer.id} is not in any group this request needs ({', '.join(sorted(route_groups))})"
         )
 
+    signed = reviewer.authn.passkey if reviewer.authn is not None else None
+
     if decision is ReviewDecision.DENY:
         if edited_params is not None:
             raise EditRefused("params can only be edited with an approval")
+        _check_signature(record, reviewer, decision, None, signed)
         if not comment.strip():
             raise ReasonRequired("a deny needs a reason in the comment")
         entry = Review(
@@ -246,7 +255,7 @@ def review(
         return Transition(
             record,
             (
-                _reviewed(record, entry, now),
+                _reviewed(record, entry, now, reviewer),
                 _event(EventType.DENIED, reviewer.id, record, now, {"reason": comment, "by": reviewer.id}),
             ),
         )
@@ -276,6 +285,7 @@ def review(
         )
         current = new_params
     digest = params_digest(current)
+    _check_signature(record, reviewer, decision, digest, signed)
     if any(r.reviewer == reviewer.id and r.params_digest == digest for r in record.reviews):
         # Approving again is only meaningful after someone else edited the params.
         raise AlreadyReviewed(f"{reviewer.id} has already approved these params")
@@ -297,7 +307,7 @@ def review(
         )
     reviews = (*record.reviews, entry)
     record = _bump(record, now, reviews=reviews)
-    events.insert(0, _reviewed(record, entry, now))
+    events.insert(0, _reviewed(record, entry, now, reviewer))
     if len(after) < _slots(route.requirements):
         return Transition(record, tuple(events))
     record = _with_grant(
@@ -692,20 +702,45 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def _reviewed(record: RequestRecord, entry: Review, now: datetime) -> Event:
-    return _event(
-        EventType.REVIEWED,
-        entry.reviewer,
-        record,
-        now,
-        {
-            "reviewer": entry.reviewer,
-            "reviewer_groups": sorted(entry.reviewer_groups),
-            "decision": entry.decision.value,
-            "comment": entry.comment,
-            "params_digest": entry.params_digest,
-        },
+def _check_signature(
+    record: RequestRecord,
+    reviewer: Principal,
+    decision: ReviewDecision,
+    digest: str | None,
+    signed: PasskeyAssertion | None,
+) -> None:
+    """A passkey review counts only when its signature is over this very decision (the signature itself
+    was verified by the caller against the registered key; `keyturn ledger verify` checks it again)."""
+    if signed is None:
+        return
+    document = passkeys.statement(
+        request_id=record.id,
+        action=record.request.action,
+        resource=record.request.resource,
+        params_digest=digest,
+        decision=decision.value,
+        reviewer=reviewer.id,
     )
+    if not passkeys.binds(signed, document):
+        raise SignatureMismatch("the passkey signed a different decision than the one being recorded")
+
+
+def _reviewed(
+    record: RequestRecord, entry: Review, now: datetime, reviewer: Principal | None = None
+) -> Event:
+    payload: dict[str, Any] = {
+        "reviewer": entry.reviewer,
+        "reviewer_groups": sorted(entry.reviewer_groups),
+        "decision": entry.decision.value,
+        "comment": entry.comment,
+        "params_digest": entry.params_digest,
+    }
+    signed = reviewer.authn.passkey if reviewer is not None and reviewer.authn is not None else None
+    if signed is not None:
+        # The ledger keeps the signature over the statement and the key to check it: `keyturn ledger
+        # verify` proves the approval offline (statement: passkeys.statement of this event's fields).
+        payload["passkey"] = signed.model_dump(mode="json")
+    return _event(EventType.REVIEWED, entry.reviewer, record, now, payload)
 
 
 def _grant_issued(record: RequestRecord, now: datetime) -> Event:

@@ -33,6 +33,8 @@ class Console:
     users: UsersFile | None  # password login (users file), when enabled
     templates: Jinja2Templates
     http: httpx.AsyncClient
+    repository: SqlConsoleRepository  # passkeys and one-time ceremonies
+    rp_id: str  # WebAuthn relying party id: the host of base_url
 
 
 def build_console(settings: Settings, store: Store, authenticator: Authenticator) -> Console:
@@ -75,6 +77,8 @@ def build_console(settings: Settings, store: Store, authenticator: Authenticator
         users=authenticator.users if settings.console.password_login else None,
         templates=templates,
         http=http,
+        repository=repository,
+        rp_id=parts.hostname or "localhost",
     )
 
 

@@ -380,7 +380,14 @@ async def review(request_id: str, request: Request, con: ConsoleDep, svc: Servic
             record = svc.get(who, request_id)
             view = request_view(record, base_url=svc.settings.base_url)
             changes = _changes(form, _editable_fields(view)) if decision is ReviewDecision.APPROVE else None
-            svc.review(who, request_id, decision, comment, changes)
+            signer = who
+            assertion = form.get("assertion")
+            if assertion:
+                from keyturn.server.console import passkey_routes
+
+                document = passkey_routes.review_statement(svc, who, request_id, decision.value, changes)
+                signer = passkey_routes.passkey_principal(con, who, str(assertion)[:20_000], document)
+            svc.review(signer, request_id, decision, comment, changes)
         except ServiceError as exc:
             try:
                 return _request_page(con, request, svc, who, request_id, error=exc.message, status_code=400)

@@ -1,0 +1,108 @@
+"""Passkey-signed reviews (DESIGN §3 "Step-up and signed reviews"): the statement, the challenge, the check.
+
+A passkey review signs the decision itself. The WebAuthn challenge is 32 random bytes followed by the
+SHA-256 of the canonical statement (RFC 8785)
+
+    {request_id, action, resource, params_digest, decision, reviewer}
+
+so the authenticator's signature (over authenticator data ‖ SHA-256(client data), the client data holding
+the challenge) proves that this passkey approved exactly these params. The ledger keeps the public key and
+the assertion (`PasskeyAssertion`), and `verify_assertion` checks one offline from them alone: no server,
+no database, no clock. Pure functions, no I/O: the workflow and `keyturn ledger verify` both use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from webauthn import verify_authentication_response
+from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+from webauthn.helpers.exceptions import InvalidAuthenticationResponse
+
+from keyturn.model import PasskeyAssertion, canonical_json
+
+RANDOM_BYTES = 32
+
+
+def statement(
+    *, request_id: str, action: str, resource: str, params_digest: str | None, decision: str, reviewer: str
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "action": action,
+        "resource": resource,
+        "params_digest": params_digest,
+        "decision": decision,
+        "reviewer": reviewer,
+    }
+
+
+def statement_digest(document: dict[str, Any]) -> bytes:
+    return hashlib.sha256(canonical_json(document)).digest()
+
+
+def new_challenge(document: dict[str, Any]) -> bytes:
+    return secrets.token_bytes(RANDOM_BYTES) + statement_digest(document)
+
+
+def signed_challenge(assertion: PasskeyAssertion) -> bytes:
+    """The challenge the authenticator signed, read from the client data (ValueError if unreadable)."""
+    try:
+        client_data = json.loads(base64url_to_bytes(assertion.client_data_json))
+        challenge = base64url_to_bytes(client_data["challenge"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the client data cannot be read: {exc}") from None
+    if not isinstance(challenge, bytes):
+        raise ValueError("the client data has no challenge")
+    return challenge
+
+
+def binds(assertion: PasskeyAssertion, document: dict[str, Any]) -> bool:
+    """Whether the assertion's challenge commits to exactly this statement."""
+    try:
+        challenge = signed_challenge(assertion)
+    except ValueError:
+        return False
+    return len(challenge) == RANDOM_BYTES + 32 and challenge[RANDOM_BYTES:] == statement_digest(document)
+
+
+def verify_assertion(
+    assertion: PasskeyAssertion, document: dict[str, Any], *, sign_count: int = 0
+) -> tuple[str | None, int]:
+    """Check a passkey review offline: (None, new sign count) when it proves `document`, else (why, 0).
+
+    The signature is checked with the public key kept beside it; user verification must be set; the
+    origin and RP id must be the ones recorded (they are inside the signed client data / RP id hash).
+    """
+    if not binds(assertion, document):
+        return "the passkey signed a different statement (request, params, decision or reviewer differ)", 0
+    credential = {
+        "id": assertion.credential_id,
+        "rawId": assertion.credential_id,
+        "type": "public-key",
+        "response": {
+            "authenticatorData": assertion.authenticator_data,
+            "clientDataJSON": assertion.client_data_json,
+            "signature": assertion.signature,
+        },
+    }
+    try:
+        verified = verify_authentication_response(
+            credential=credential,
+            expected_challenge=signed_challenge(assertion),
+            expected_rp_id=assertion.rp_id,
+            expected_origin=assertion.origin,
+            credential_public_key=base64url_to_bytes(assertion.public_key),
+            credential_current_sign_count=sign_count,
+            require_user_verification=True,
+        )
+    except (InvalidAuthenticationResponse, ValueError, KeyError, TypeError) as exc:
+        return f"the passkey signature does not verify: {exc}", 0
+    return None, verified.new_sign_count
+
+
+def b64(data: bytes) -> str:
+    return bytes_to_base64url(data)
