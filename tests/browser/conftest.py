@@ -51,15 +51,19 @@ def browser(playwright_instance: Playwright) -> Iterator[Browser]:
 def console_world_factory(tmp_path: Path, browser: Browser) -> Iterator[Any]:
     worlds: list[ConsoleWorld] = []
 
-    def make(**server_kwargs: Any) -> ConsoleWorld:
+    def make(*, localhost: bool = False, **server_kwargs: Any) -> ConsoleWorld:
+        """`localhost=True`: the browser uses http://localhost:PORT (public_url), which WebAuthn needs (a
+        relying party id cannot be an IP address)."""
         port, replica_port = free_port(), free_port()
+        host = "localhost" if localhost else "127.0.0.1"
         idp = start_oidc_provider(
             tmp_path / f"idp{len(worlds)}",
-            redirect_uris=[f"http://127.0.0.1:{p}/console/login/callback" for p in (port, replica_port)],
+            redirect_uris=[f"http://{host}:{p}/console/login/callback" for p in (port, replica_port)],
         )
         try:
             settings = {
                 **console_settings(idp, tmp_path / f"secrets{len(worlds)}"),
+                **({"public_url": f"http://localhost:{port}"} if localhost else {}),
                 **server_kwargs.pop("settings", {}),
             }
             server = start_server(
@@ -68,7 +72,7 @@ def console_world_factory(tmp_path: Path, browser: Browser) -> Iterator[Any]:
         except BaseException:
             idp.stop()
             raise
-        world = ConsoleWorld(server, idp, browser, replica_port)
+        world = ConsoleWorld(server, idp, browser, replica_port, base=f"http://{host}:{port}")
         worlds.append(world)
         return world
 

@@ -23,7 +23,11 @@ class ConsoleWorld:
     idp: OidcProvider
     browser: Browser
     replica_port: int
+    base: str = ""  # the URL the browser uses (public_url): server.url, or http://localhost:PORT
     contexts: list[BrowserContext] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base = self.base or self.server.url
 
     def context(self, **options: Any) -> BrowserContext:
         ctx = self.browser.new_context(viewport=options.pop("viewport", DESKTOP), **options)
@@ -36,7 +40,7 @@ class ConsoleWorld:
 
     def login(self, page: Page, user: str, *, base: str | None = None, next_path: str = "/console/") -> None:
         """Log in through the identity provider's real login form."""
-        base = base or self.server.url
+        base = base or self.base
         page.goto(f"{base}/console/login?next={next_path}")
         page.click("#oidc-login")
         idp_login(page, user)
@@ -44,7 +48,9 @@ class ConsoleWorld:
 
 
 def idp_login(page: Page, user: str, password: str = IDP_PASSWORD) -> None:
-    page.wait_for_selector("#login")
+    page.locator("#login, #login-error, h1").first.wait_for()
+    found = page.locator("#login").count()
+    assert found == 1, f"no IdP login form at {page.url}: {page.inner_text('body')[:300]}"
     page.fill("#login", user)
     page.fill("#password", password)
     page.click("#submit")

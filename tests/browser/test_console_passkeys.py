@@ -1,0 +1,102 @@
+"""Passkeys through Chromium's DevTools virtual authenticator: register, sign an approval over the decision,
+a failed user verification refused, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import CDPSession, Page
+
+from support.console import ConsoleWorld
+
+
+def virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    added: dict[str, Any] = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return cdp, str(added["authenticatorId"])
+
+
+def register_passkey(world: ConsoleWorld, page: Page) -> None:
+    page.goto(world.base + "/console/passkeys")
+    assert page.locator("#no-passkeys").is_visible()
+    page.fill("#passkey-name", "test laptop")
+    page.click("#register")
+    page.locator("tr[data-passkey], #passkey-error:not([hidden])").first.wait_for()
+    assert page.locator("#passkey-error").is_hidden(), page.locator("#passkey-error").inner_text()
+    assert "test laptop" in page.locator("#passkeys").inner_text()
+
+
+@pytest.fixture
+def world(console_world_factory: Any) -> ConsoleWorld:
+    made: ConsoleWorld = console_world_factory(localhost=True)
+    return made
+
+
+def test_a_passkey_signed_approval_is_recorded_with_its_signature(world: ConsoleWorld) -> None:
+    page = world.page()
+    world.login(page, "alice")
+    virtual_authenticator(page)
+    register_passkey(world, page)
+
+    created = world.server.client("agent:deploy-bot").submit("db.export", params={"rows": 5000})
+    page.goto(f"{world.base}/console/requests/{created['id']}")
+    page.fill("input[name='edit:params.rows']", "10")
+    page.fill("#comment", "signed")
+    page.click("#approve-passkey")
+    page.wait_for_selector("#decided")
+    assert page.locator("#status").inner_text() == "approved"
+
+    events = world.server.client("user:erin@example.com").get(created["id"])  # erin is an auditor
+    reviewed = [e for e in events["history"] if e["type"] == "request.reviewed"]
+    assert len(reviewed) == 1
+    signed = reviewed[0]["payload"]["passkey"]
+    assert signed["origin"] == world.base and signed["rp_id"] == "localhost"
+    assert signed["signature"] and signed["public_key"] and signed["authenticator_data"]
+
+    page.goto(world.base + "/console/passkeys")
+    assert page.locator("td[data-label=Signatures]").inner_text() != "0"
+
+
+def test_a_failed_user_verification_is_refused(world: ConsoleWorld) -> None:
+    page = world.page()
+    world.login(page, "alice")
+    cdp, authenticator = virtual_authenticator(page)
+    register_passkey(world, page)
+    cdp.send("WebAuthn.setUserVerified", {"authenticatorId": authenticator, "isUserVerified": False})
+
+    created = world.server.client("agent:deploy-bot").submit("db.export", params={"rows": 5000})
+    page.goto(f"{world.base}/console/requests/{created['id']}")
+    page.click("#approve-passkey")
+    error = page.locator("#passkey-error, #review-error").first
+    error.wait_for()
+    assert page.locator("#status").inner_text() == "pending"
+    assert world.server.client("agent:deploy-bot").get(created["id"])["status"] == "pending"
+
+
+def test_a_revoked_passkey_no_longer_signs(world: ConsoleWorld) -> None:
+    page = world.page()
+    world.login(page, "alice")
+    virtual_authenticator(page)
+    register_passkey(world, page)
+    page.locator("tr[data-passkey] button").click()
+    page.locator("#no-passkeys").wait_for()
+    created = world.server.client("agent:deploy-bot").submit("db.export", params={"rows": 5000})
+    page.goto(f"{world.base}/console/requests/{created['id']}")
+    page.click("#approve-passkey")
+    page.locator("#passkey-error:not([hidden])").wait_for()
+    assert "no passkey" in page.locator("#passkey-error").inner_text()
+    assert world.server.client("agent:deploy-bot").get(created["id"])["status"] == "pending"
