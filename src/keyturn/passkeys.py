@@ -51,7 +51,7 @@ def new_challenge(document: dict[str, Any]) -> bytes:
 def signed_challenge(assertion: PasskeyAssertion) -> bytes:
     """The challenge the authenticator signed, read from the client data (ValueError if unreadable)."""
     try:
-        client_data = json.loads(base64url_to_bytes(assertion.client_data_json))
+        client_data = json.loads(bytes.fromhex(assertion.client_data_json))
         challenge = base64url_to_bytes(client_data["challenge"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"the client data cannot be read: {exc}") from None
@@ -79,23 +79,24 @@ def verify_assertion(
     """
     if not binds(assertion, document):
         return "the passkey signed a different statement (request, params, decision or reviewer differ)", 0
-    credential = {
-        "id": assertion.credential_id,
-        "rawId": assertion.credential_id,
-        "type": "public-key",
-        "response": {
-            "authenticatorData": assertion.authenticator_data,
-            "clientDataJSON": assertion.client_data_json,
-            "signature": assertion.signature,
-        },
-    }
     try:
+        key_id = b64(bytes.fromhex(assertion.key_id))
+        credential = {
+            "id": key_id,
+            "rawId": key_id,
+            "type": "public-key",
+            "response": {
+                "authenticatorData": b64(bytes.fromhex(assertion.authenticator_data)),
+                "clientDataJSON": b64(bytes.fromhex(assertion.client_data_json)),
+                "signature": b64(bytes.fromhex(assertion.signature)),
+            },
+        }
         verified = verify_authentication_response(
             credential=credential,
             expected_challenge=signed_challenge(assertion),
             expected_rp_id=assertion.rp_id,
             expected_origin=assertion.origin,
-            credential_public_key=base64url_to_bytes(assertion.public_key),
+            credential_public_key=bytes.fromhex(assertion.public_key),
             credential_current_sign_count=sign_count,
             require_user_verification=True,
         )
@@ -106,3 +107,35 @@ def verify_assertion(
 
 def b64(data: bytes) -> str:
     return bytes_to_base64url(data)
+
+
+def hex_of(base64url: str) -> str:
+    """A browser's base64url value as the lowercase hex the ledger keeps (ValueError if malformed)."""
+    return base64url_to_bytes(base64url).hex()
+
+
+def recorded_problem(event: dict[str, Any]) -> str | None:
+    """Why the passkey signature recorded in a `request.reviewed` ledger event does not prove it (None: it
+    does). Checked from the event alone: the statement must be the event's own review, and be signed."""
+    payload = event.get("payload")
+    section = payload.get("passkey") if isinstance(payload, dict) else None
+    if not isinstance(section, dict):
+        return "the passkey section is missing or not an object"
+    document = section.get("statement")
+    if not isinstance(document, dict):
+        return "the passkey section has no statement"
+    expected = {
+        "request_id": event.get("request_id"),
+        "reviewer": payload.get("reviewer") if isinstance(payload, dict) else None,
+        "decision": payload.get("decision") if isinstance(payload, dict) else None,
+        "params_digest": payload.get("params_digest") if isinstance(payload, dict) else None,
+    }
+    for key, value in expected.items():
+        if document.get(key) != value:
+            return f"the signed statement's {key} ({document.get(key)!r}) is not this review's ({value!r})"
+    try:
+        assertion = PasskeyAssertion.model_validate({k: v for k, v in section.items() if k != "statement"})
+    except ValueError as exc:
+        return f"the recorded assertion is malformed: {exc.__class__.__name__}"
+    problem, _ = verify_assertion(assertion, document)
+    return problem

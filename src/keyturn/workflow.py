@@ -737,9 +737,19 @@ def _reviewed(
     }
     signed = reviewer.authn.passkey if reviewer is not None and reviewer.authn is not None else None
     if signed is not None:
-        # The ledger keeps the signature over the statement and the key to check it: `keyturn ledger
-        # verify` proves the approval offline (statement: passkeys.statement of this event's fields).
-        payload["passkey"] = signed.model_dump(mode="json")
+        # The ledger keeps the signed statement, the assertion and the key to check it: `keyturn ledger
+        # verify` proves this approval offline from the event alone.
+        payload["passkey"] = {
+            **signed.model_dump(mode="json"),
+            "statement": passkeys.statement(
+                request_id=record.id,
+                action=record.request.action,
+                resource=record.request.resource,
+                params_digest=entry.params_digest,
+                decision=entry.decision.value,
+                reviewer=entry.reviewer,
+            ),
+        }
     return _event(EventType.REVIEWED, entry.reviewer, record, now, payload)
 
 

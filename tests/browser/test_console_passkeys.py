@@ -3,12 +3,19 @@ a failed user verification refused, revoke."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Any
 
 import pytest
 from playwright.sync_api import CDPSession, Page
 
 from support.console import ConsoleWorld
+from support.live import keyturn_executable
+
+
+def keyturn(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([keyturn_executable(), *args], capture_output=True, text=True, timeout=120)
 
 
 def virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
@@ -69,6 +76,41 @@ def test_a_passkey_signed_approval_is_recorded_with_its_signature(world: Console
 
     page.goto(world.base + "/console/passkeys")
     assert page.locator("td[data-label=Signatures]").inner_text() != "0"
+
+    # The agent runs it; then the ledger, exported, proves the signature offline from the bundle alone.
+    agent = world.server.client("agent:deploy-bot")
+    consumed = agent.consume(agent.get(created["id"])["grant"])
+    assert consumed["params"]["rows"] == 10
+    agent.result(created["id"], "succeeded")
+    world.server.stop()  # a clean stop signs the final checkpoint
+    bundle = world.server.workdir / "bundle"
+    config = str(world.server.config_path)
+    exported = keyturn("ledger", "export", "--config", config, "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    verified = keyturn("ledger", "verify", "--bundle", str(bundle))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "1 passkey signature verified" in verified.stdout
+    report = world.server.workdir / "report.html"
+    made = keyturn("ledger", "report", "--config", config, "--out", str(report))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "signed with passkey" in report.read_text()
+
+    # Tamper with the assertion (one character of the signature): verify names that review's signature.
+    events = bundle / "events.jsonl"
+    lines = events.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if '"passkey":' in line)
+    record = json.loads(lines[at])
+    signature = record["event"]["payload"]["passkey"]["signature"]
+    record["event"]["payload"]["passkey"]["signature"] = ("a" if signature[5] != "a" else "b").join(
+        (signature[:5], signature[6:])
+    )
+    lines[at] = json.dumps(record, separators=(",", ":"))
+    events.write_text("\n".join(lines) + "\n")
+    tampered = keyturn("ledger", "verify", "--bundle", str(bundle))
+    assert tampered.returncode != 0
+    out = tampered.stdout + tampered.stderr
+    assert "passkey signature of user:alice@example.com does not prove this review" in out, out
+    assert f"events.jsonl:{at + 1}" in out
 
 
 def test_a_failed_user_verification_is_refused(world: ConsoleWorld) -> None:

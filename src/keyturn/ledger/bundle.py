@@ -211,6 +211,8 @@ def scan_block(block: bytes, first_seq: int) -> tuple[bytes, int, int]:
         if not (line.startswith(prefix) and line.startswith(middle, middle_at) and line.endswith(b"}")):
             break
         leaf = line[leaf_at:-1]
+        if b'"passkey":' in leaf:
+            break  # a passkey-signed review: `verify_log` checks its signature on the careful path
         leaf_hash = sha256(b"\x00" + leaf).digest()
         if hexlify(leaf_hash) != line[hex_at:middle_at]:
             break

@@ -200,6 +200,8 @@ def _fold(requests: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
                 "comment": payload.get("comment") or "",
                 "params_digest": payload.get("params_digest"),
                 "at": at,
+                # `keyturn ledger verify` checks the signature itself; the report names the key.
+                "passkey": (payload.get("passkey") or {}).get("key_id"),
             }
         )
     elif kind == "request.params_edited":
@@ -405,11 +407,23 @@ def _execution(r: dict[str, Any]) -> dict[str, Any]:
     approved = r["approved"]
     consumed = r["consumptions"][0]
     groups = {rev["reviewer"]: rev["groups"] for rev in r["reviews"] if rev["decision"] == "approve"}
+    signed = (
+        {
+            rev["reviewer"]: rev["passkey"]
+            for rev in r["reviews"]
+            if rev["decision"] == "approve"
+            and rev.get("passkey")
+            and rev["params_digest"] == r["approved"]["params_digest"]
+        }
+        if r["approved"]
+        else {}
+    )
     approvers = [
         {
             "reviewer": a.get("reviewer"),
             "requirement": a.get("requirement"),
             "groups": groups.get(a.get("reviewer"), []),
+            "passkey": signed.get(a.get("reviewer")),
         }
         for a in (approved["approvers"] if approved else [])
     ]

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyturn import passkeys
 from keyturn.ledger.merkle import HASH_SIZE, CompactRange, hash_leaf
 from keyturn.ledger.note import NoteError, SignatureError, SignedCheckpoint, VerifierKey
 
@@ -88,6 +89,7 @@ class VerifyResult:
     keys_used: list[str] = field(default_factory=list)
     pinned_keys: bool = False
     problem: Problem | None = None
+    passkey_signatures: int = 0  # passkey-signed reviews whose signatures were checked
 
     @property
     def ok(self) -> bool:
@@ -104,6 +106,11 @@ class VerifyResult:
             f"{_count(self.external, 'external checkpoint')} verified "
             f"(signed by {', '.join(self.keys_used) or 'nobody'}; {trust}); "
             f"tree size {self.first_seq + self.events}, root {self.root}{tail}"
+            + (
+                f"; {_count(self.passkey_signatures, 'passkey signature')} verified"
+                if self.passkey_signatures
+                else ""
+            )
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,6 +126,7 @@ class VerifyResult:
             "keys_used": self.keys_used,
             "pinned_keys": self.pinned_keys,
             "problem": self.problem.as_dict() if self.problem else None,
+            "passkey_signatures": self.passkey_signatures,
         }
 
 
@@ -205,6 +213,8 @@ def verify_log(
                     seq=seq,
                     location=entry.location,
                 )
+            if b'"passkey"' in entry.leaf:
+                _check_passkey(entry, seq, result)  # first: a changed assertion is named as such
             computed = hash_leaf(entry.leaf)
             if entry.recorded_hash is not None and computed != entry.recorded_hash:
                 _fail(
@@ -234,6 +244,29 @@ def verify_log(
         result.problem = failed.problem
     result.keys_used = list(used)
     return result
+
+
+def _check_passkey(entry: LeafEntry, seq: int, result: VerifyResult) -> None:
+    """A passkey-signed review: its signature must prove the review the event records (offline)."""
+    try:
+        event = json.loads(entry.leaf)
+    except ValueError:
+        return  # not JSON: the leaf checks above name it
+    if not isinstance(event, dict) or event.get("type") != "request.reviewed":
+        return
+    payload = event.get("payload")
+    if not isinstance(payload, dict) or "passkey" not in payload:
+        return
+    problem = passkeys.recorded_problem(event)
+    if problem is not None:
+        _fail(
+            "bad_passkey_signature",
+            f"event seq {seq} ({entry.location}): the passkey signature of {payload.get('reviewer')} "
+            f"does not prove this review: {problem}",
+            seq=seq,
+            location=entry.location,
+        )
+    result.passkey_signatures += 1
 
 
 def _fail(code: str, message: str, **where: Any) -> Any:

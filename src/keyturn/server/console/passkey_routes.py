@@ -192,9 +192,9 @@ def passkey_principal(con: Console, who: Principal, raw: str, document: dict[str
         credential_id = str(credential["id"])
         response = credential["response"]
         assertion_fields = {
-            "authenticator_data": str(response["authenticatorData"]),
-            "client_data_json": str(response["clientDataJSON"]),
-            "signature": str(response["signature"]),
+            "authenticator_data": passkeys.hex_of(str(response["authenticatorData"])),
+            "client_data_json": passkeys.hex_of(str(response["clientDataJSON"])),
+            "signature": passkeys.hex_of(str(response["signature"])),
         }
     except (ValueError, KeyError, TypeError):
         raise ServiceError("passkey: the assertion cannot be read", {"field": "assertion"}) from None
@@ -202,8 +202,8 @@ def passkey_principal(con: Console, who: Principal, raw: str, document: dict[str
     if key is None or key.principal_id != who.id or key.revoked_at is not None:
         raise ServiceError("passkey: not one of your passkeys (or revoked)", {"field": "assertion"})
     assertion = PasskeyAssertion(
-        credential_id=credential_id,
-        public_key=key.public_key,
+        key_id=passkeys.hex_of(credential_id),
+        public_key=passkeys.hex_of(key.public_key),
         rp_id=con.rp_id,
         origin=con.origin,
         **assertion_fields,
