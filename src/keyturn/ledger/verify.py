@@ -24,7 +24,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyturn import passkeys
 from keyturn.ledger.merkle import HASH_SIZE, CompactRange, hash_leaf
 from keyturn.ledger.note import NoteError, SignatureError, SignedCheckpoint, VerifierKey
 
@@ -257,6 +256,9 @@ def _check_passkey(entry: LeafEntry, seq: int, result: VerifyResult) -> None:
     payload = event.get("payload")
     if not isinstance(payload, dict) or "passkey" not in payload:
         return
+    # Imported here: a log without passkey reviews verifies with the standard library and cryptography only.
+    from keyturn import passkeys
+
     problem = passkeys.recorded_problem(event)
     if problem is not None:
         _fail(
