@@ -1,0 +1,174 @@
+"""Passkey-signed reviews without a browser: a software authenticator (P-256, as a platform authenticator
+signs) makes real WebAuthn assertions, which `keyturn.passkeys` and the workflow check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from webauthn.helpers import bytes_to_base64url, encode_cbor
+
+from keyturn import passkeys, workflow
+from keyturn.model import (
+    Authentication,
+    AuthMethod,
+    PasskeyAssertion,
+    Principal,
+    PrincipalKind,
+    ReviewDecision,
+    params_digest,
+)
+
+RP_ID = "localhost"
+ORIGIN = "http://localhost:8300"
+UP, UV = 0x01, 0x04
+
+
+class SoftAuthenticator:
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.key_id = b"\x01" * 16
+        self.count = 0
+        numbers = self.key.public_key().public_numbers()
+        self.cose = encode_cbor(
+            {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
+        )
+
+    def assert_(self, challenge: bytes, *, flags: int = UP | UV, origin: str = ORIGIN) -> PasskeyAssertion:
+        self.count += 1
+        auth_data = hashlib.sha256(RP_ID.encode()).digest() + bytes([flags]) + self.count.to_bytes(4, "big")
+        client_data = json.dumps(
+            {"type": "webauthn.get", "challenge": bytes_to_base64url(challenge), "origin": origin}
+        ).encode()
+        signature = self.key.sign(auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256()))
+        return PasskeyAssertion(
+            key_id=self.key_id.hex(),
+            public_key=self.cose.hex(),
+            rp_id=RP_ID,
+            origin=ORIGIN,
+            authenticator_data=auth_data.hex(),
+            client_data_json=client_data.hex(),
+            signature=signature.hex(),
+        )
+
+
+def _statement(**changes: Any) -> dict[str, Any]:
+    base = {
+        "request_id": "req_1",
+        "action": "db.export",
+        "resource": "postgres://prod",
+        "params_digest": params_digest({"rows": 10}),
+        "decision": "approve",
+        "reviewer": "user:alice@example.com",
+    }
+    return passkeys.statement(**{**base, **changes})
+
+
+def test_a_signature_over_the_statement_verifies_and_counts_forward() -> None:
+    device = SoftAuthenticator()
+    document = _statement()
+    assertion = device.assert_(passkeys.new_challenge(document))
+    assert passkeys.verify_assertion(assertion, document) == (None, 1)
+    # The server's stored count is 1 now: the same count again is a clone or a replay.
+    problem, _ = passkeys.verify_assertion(assertion, document, sign_count=1)
+    assert problem is not None and "does not verify" in problem
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"params_digest": params_digest({"rows": 1_000_000})},
+        {"decision": "deny"},
+        {"reviewer": "user:mallory@example.com"},
+        {"request_id": "req_2"},
+        {"action": "db.drop"},
+    ],
+)
+def test_a_signature_proves_only_its_own_statement(other: dict[str, Any]) -> None:
+    device = SoftAuthenticator()
+    assertion = device.assert_(passkeys.new_challenge(_statement()))
+    problem, _ = passkeys.verify_assertion(assertion, _statement(**other))
+    assert problem is not None and "different statement" in problem
+
+
+def test_without_user_verification_it_is_refused() -> None:
+    device = SoftAuthenticator()
+    document = _statement()
+    problem, _ = passkeys.verify_assertion(
+        device.assert_(passkeys.new_challenge(document), flags=UP), document
+    )
+    assert problem is not None and "verif" in problem.lower()
+
+
+def test_a_changed_signature_or_origin_is_refused() -> None:
+    device = SoftAuthenticator()
+    document = _statement()
+    good = device.assert_(passkeys.new_challenge(document))
+    flipped = good.signature[:-2] + ("00" if good.signature[-2:] != "00" else "01")
+    assert passkeys.verify_assertion(good.model_copy(update={"signature": flipped}), document)[0] is not None
+    phished = device.assert_(passkeys.new_challenge(document), origin="http://evil.example")
+    assert passkeys.verify_assertion(phished, document)[0] is not None
+
+
+def test_the_workflow_refuses_a_signature_over_another_decision(factory: Any) -> None:
+    verdict = factory.review_verdict("sre")
+    assert verdict.route is not None
+    verdict = verdict.model_copy(
+        update={"route": verdict.route.model_copy(update={"editable": ("params.rows",)})}
+    )
+    transition = factory.submit(verdict, params={"rows": 5000})
+    record = transition.record
+    alice = factory.human("alice", "sre")
+    device = SoftAuthenticator()
+    signed_for = passkeys.statement(
+        request_id=record.id,
+        action=record.request.action,
+        resource=record.request.resource,
+        params_digest=params_digest({"rows": 5000}),
+        decision="approve",
+        reviewer=alice.id,
+    )
+    assertion = device.assert_(passkeys.new_challenge(signed_for))
+    signer = alice.model_copy(
+        update={"authn": Authentication(method=AuthMethod.PASSKEY, at=datetime.now(UTC), passkey=assertion)}
+    )
+    now = factory.tick()
+    # The same signature cannot carry an edit it did not sign...
+    with pytest.raises(workflow.SignatureMismatch):
+        workflow.review(
+            record,
+            signer,
+            ReviewDecision.APPROVE,
+            "",
+            now,
+            edited_params={"rows": 10},
+            reevaluate=lambda r: record.verdict,
+            grant_id=factory.grant_id(),
+        )
+    # ...nor a deny, nor another reviewer's review.
+    with pytest.raises(workflow.SignatureMismatch):
+        workflow.review(record, signer, ReviewDecision.DENY, "no", now, grant_id=factory.grant_id())
+    bob = Principal(id="user:bob@example.com", kind=PrincipalKind.HUMAN, groups=frozenset({"sre"}))
+    with pytest.raises(workflow.SignatureMismatch):
+        workflow.review(
+            record,
+            bob.model_copy(update={"authn": signer.authn}),
+            ReviewDecision.APPROVE,
+            "",
+            now,
+            grant_id=factory.grant_id(),
+        )
+    # What it signed is recorded with the statement, and verifies from the event alone.
+    done = workflow.review(record, signer, ReviewDecision.APPROVE, "", now, grant_id=factory.grant_id())
+    reviewed = next(e for e in done.events if e.type.value == "request.reviewed")
+    assert reviewed.payload["passkey"]["statement"] == signed_for
+    event = {"type": "request.reviewed", "request_id": record.id, "payload": reviewed.payload}
+    assert passkeys.recorded_problem(event) is None
+    forged = json.loads(json.dumps(event))
+    forged["payload"]["params_digest"] = params_digest({"rows": 1})
+    assert "params_digest" in (passkeys.recorded_problem(forged) or "")
