@@ -23,7 +23,20 @@ from urllib.parse import urlsplit
 
 from keyturn.identity.errors import AuthenticationError
 from keyturn.model import Principal
-from keyturn.store.console import SessionRow, SqlConsoleRepository
+from keyturn.store.console import PasskeyRow, PendingLogin, SessionRow, SqlConsoleRepository
+
+# Console identity data (sessions, passkeys, one-time ceremonies) is reached through this module, so the
+# console's routers never import the store.
+__all__ = [
+    "ActiveSession",
+    "ConsoleSessions",
+    "CookiePolicy",
+    "PasskeyRow",
+    "PendingLogin",
+    "SessionRefused",
+    "SqlConsoleRepository",
+    "cookie_policy",
+]
 
 SESSION_PREFIX = "kts_"
 TOUCH_EVERY = timedelta(seconds=30)  # last_seen_at is written at most this often per session

@@ -27,6 +27,7 @@ from keyturn.server.console import build_console, passkey_routes
 from keyturn.server.console import routes as console_routes
 from keyturn.service import Keyturn
 from keyturn.store import Store
+from keyturn.store.console import SqlConsoleRepository
 
 log = logging.getLogger("keyturn.server")
 
@@ -43,11 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
-        app.state.console = build_console(settings, store, app.state.authenticator)
+        app.state.console = build_console(settings, SqlConsoleRepository(store), app.state.authenticator)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(app.state, settings, store, keyring):
+            async with running_checkpointer(settings, store, keyring, svc.live_ledger.tree):
                 yield
         finally:
             timers.cancel()

@@ -15,11 +15,9 @@ from fastapi.templating import Jinja2Templates
 
 from keyturn.config import Settings
 from keyturn.identity.authenticator import Authenticator
-from keyturn.identity.sessions import ConsoleSessions, CookiePolicy, cookie_policy
+from keyturn.identity.sessions import ConsoleSessions, CookiePolicy, SqlConsoleRepository, cookie_policy
 from keyturn.identity.users import UsersFile
 from keyturn.server.console.oidc import OidcLogin, OidcLoginFlow, oidc_login_settings
-from keyturn.store import Store
-from keyturn.store.console import SqlConsoleRepository
 
 HERE = Path(__file__).parent
 
@@ -37,11 +35,12 @@ class Console:
     rp_id: str  # WebAuthn relying party id: the host of base_url
 
 
-def build_console(settings: Settings, store: Store, authenticator: Authenticator) -> Console:
+def build_console(
+    settings: Settings, repository: SqlConsoleRepository, authenticator: Authenticator
+) -> Console:
     """The console of this server. ValueError (one line) for a configuration that cannot work."""
     cookie = cookie_policy(settings.base_url)
     parts = urlsplit(settings.base_url)
-    repository = SqlConsoleRepository(store)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
     oidc = None
     found = oidc_login_settings(settings.console, settings.issuers, settings.base_url)

@@ -28,8 +28,8 @@ from joserfc.jws import JWSRegistry
 from keyturn.config import ConsoleSettings, IssuerSettings
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.oidc import IssuerVerifier
+from keyturn.identity.sessions import PendingLogin, SqlConsoleRepository
 from keyturn.model import Authentication, AuthMethod, Principal
-from keyturn.store.console import PendingLogin, SqlConsoleRepository
 
 log = logging.getLogger("keyturn.console")
 

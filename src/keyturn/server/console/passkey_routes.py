@@ -30,12 +30,12 @@ from webauthn.helpers.structs import (
 )
 
 from keyturn import passkeys, workflow
+from keyturn.identity.sessions import PasskeyRow, PendingLogin
 from keyturn.model import Authentication, AuthMethod, PasskeyAssertion, Principal, params_digest
 from keyturn.server.console import Console
 from keyturn.server.console.routes import ConsoleDep, SameOrigin, Session, page
 from keyturn.server.deps import Service
 from keyturn.service import Keyturn, ServiceError, merge_params
-from keyturn.store.console import PasskeyRow, PendingLogin
 from keyturn.views import request_view
 
 router = APIRouter(include_in_schema=False)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
+from keyturn import workflow
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.sessions import ActiveSession, SessionRefused
 from keyturn.model import Principal, PrincipalKind, ReviewDecision, Role, Status
@@ -342,7 +343,7 @@ def _request_page(
         who=who,
         view=view,
         history=svc.history(record),
-        may_review=svc.may_review(who, record, datetime.now(UTC)),
+        may_review=workflow.may_review(record, who, datetime.now(UTC)),
         editable=_editable_fields(view),
         diff=_diff(view),
         grant=svc.grant_token(who, record),
