@@ -348,6 +348,7 @@ def _request_page(
         diff=_diff(view),
         grant=svc.grant_token(who, record),
         error=error,
+        oidc_login=con.oidc is not None,
     )
 
 

@@ -76,7 +76,7 @@
   async function sign(form, decision) {
     var data = new FormData(form);
     data.set("decision", decision);
-    var options = await postJSON(location.pathname + "/passkey-options", data, true);
+    var options = await postJSON(form.getAttribute("action").replace(/\/review$/, "/passkey-options"), data, true);
     options.challenge = b64urlToBuf(options.challenge);
     (options.allowCredentials || []).forEach(function (c) { c.id = b64urlToBuf(c.id); });
     var cred = await navigator.credentials.get({ publicKey: options });
