@@ -96,6 +96,12 @@ def serve(
     except ConfigError as exc:
         errors.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    from keyturn.server.console import console_settings_problem
+
+    problem = console_settings_problem(settings)
+    if problem is not None:
+        errors.print(f"[red]configuration error:[/red] {problem}")
+        raise typer.Exit(2)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -53,13 +53,17 @@ class CookiePolicy:
     secure: bool
 
 
-def cookie_policy(base_url: str) -> CookiePolicy:
-    """The session cookie for a server reached at `base_url`; ValueError for a non-loopback http:// URL."""
+def cookie_policy(base_url: str, *, strict: bool = True) -> CookiePolicy:
+    """The session cookie for a server reached at `base_url`; ValueError for a non-loopback http:// URL
+    (`strict=False`: the Secure cookie anyway, which such a browser will not keep)."""
     parts = urlsplit(base_url)
     if parts.scheme == "https":
         return CookiePolicy(name="__Host-keyturn_session", secure=True)
     if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         return CookiePolicy(name="keyturn_session", secure=False)
+    if not strict:
+        # Fail closed: browsers keep no Secure cookie over plain http, so nobody stays logged in.
+        return CookiePolicy(name="__Host-keyturn_session", secure=True)
     raise ValueError(
         f"console: public_url {base_url!r} must be https:// (plain http only on 127.0.0.1 / localhost), "
         "so that the session cookie is Secure"

@@ -39,7 +39,7 @@ def build_console(
     settings: Settings, repository: SqlConsoleRepository, authenticator: Authenticator
 ) -> Console:
     """The console of this server. ValueError (one line) for a configuration that cannot work."""
-    cookie = cookie_policy(settings.base_url)
+    cookie = cookie_policy(settings.base_url, strict=False)
     parts = urlsplit(settings.base_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
     oidc = None
@@ -79,6 +79,20 @@ def build_console(
         repository=repository,
         rp_id=parts.hostname or "localhost",
     )
+
+
+def console_settings_problem(settings: Settings) -> str | None:
+    """What is wrong with the console's settings (one line), checked before the server starts."""
+    try:
+        if settings.console.oidc_issuer is not None:  # a console people are meant to log in to
+            cookie_policy(settings.base_url)
+        found = oidc_login_settings(settings.console, settings.issuers, settings.base_url)
+        secret = settings.console.client_secret
+        if found is not None and secret is not None:
+            _read_secret(secret.env, secret.file)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _read_secret(env: str | None, file: Path | None) -> str:
