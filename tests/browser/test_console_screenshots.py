@@ -61,3 +61,5 @@ def test_every_page_fits_and_is_keyboard_usable(world: ConsoleWorld, size: str, 
     _shoot(page, f"mine-{size}", out)
     page.goto(world.server.url + "/console/sessions")
     _shoot(page, f"sessions-{size}", out)
+    page.goto(world.server.url + "/console/passkeys")
+    _shoot(page, f"passkeys-{size}", out)
