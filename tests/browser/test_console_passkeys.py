@@ -8,43 +8,13 @@ import subprocess
 from typing import Any
 
 import pytest
-from playwright.sync_api import CDPSession, Page
 
-from support.console import ConsoleWorld
+from support.console import ConsoleWorld, register_passkey, virtual_authenticator
 from support.live import keyturn_executable
 
 
 def keyturn(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([keyturn_executable(), *args], capture_output=True, text=True, timeout=120)
-
-
-def virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    added: dict[str, Any] = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )
-    return cdp, str(added["authenticatorId"])
-
-
-def register_passkey(world: ConsoleWorld, page: Page) -> None:
-    page.goto(world.base + "/console/passkeys")
-    assert page.locator("#no-passkeys").is_visible()
-    page.fill("#passkey-name", "test laptop")
-    page.click("#register")
-    page.locator("tr[data-passkey], #passkey-error:not([hidden])").first.wait_for()
-    assert page.locator("#passkey-error").is_hidden(), page.locator("#passkey-error").inner_text()
-    assert "test laptop" in page.locator("#passkeys").inner_text()
 
 
 @pytest.fixture

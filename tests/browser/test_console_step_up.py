@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from support.console import ConsoleWorld, idp_login
+from support.console import ConsoleWorld, idp_login, register_passkey, virtual_authenticator
 from support.live import DEFAULT_POLICY
 
 STEP_UP_POLICY = (
@@ -70,8 +70,6 @@ def test_a_stale_login_is_refused_and_a_fresh_login_counts(world: ConsoleWorld) 
 
 
 def test_a_passkey_counts_for_step_up_even_with_a_stale_login(world: ConsoleWorld) -> None:
-    from test_console_passkeys import register_passkey, virtual_authenticator
-
     page = world.page()
     world.login(page, "alice")
     virtual_authenticator(page)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, CDPSession, Page
 
 from support.idp import IDP_PASSWORD, OidcProvider
 from support.live import LiveServer
@@ -70,3 +70,32 @@ def console_settings(idp: OidcProvider, workdir: Path) -> dict[str, Any]:
             "client_secret": {"file": str(secret)},
         },
     }
+
+
+def virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    added: dict[str, Any] = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return cdp, str(added["authenticatorId"])
+
+
+def register_passkey(world: ConsoleWorld, page: Page) -> None:
+    page.goto(world.base + "/console/passkeys")
+    assert page.locator("#no-passkeys").is_visible()
+    page.fill("#passkey-name", "test laptop")
+    page.click("#register")
+    page.locator("tr[data-passkey], #passkey-error:not([hidden])").first.wait_for()
+    assert page.locator("#passkey-error").is_hidden(), page.locator("#passkey-error").inner_text()
+    assert "test laptop" in page.locator("#passkeys").inner_text()
