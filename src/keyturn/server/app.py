@@ -23,7 +23,7 @@ from keyturn.policy import PolicyHolder
 from keyturn.server import errors
 from keyturn.server.api import actions, grants, ledger, system
 from keyturn.server.console import HERE as CONSOLE_DIR
-from keyturn.server.console import build_console, ledger_routes, passkey_routes
+from keyturn.server.console import build_console, ledger_routes, passkey_routes, policy_routes
 from keyturn.server.console import routes as console_routes
 from keyturn.service import Keyturn
 from keyturn.store import Store
@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(console_routes.router)
     app.include_router(passkey_routes.router)
     app.include_router(ledger_routes.router)
+    app.include_router(policy_routes.router)
     app.mount("/console/static", StaticFiles(directory=str(CONSOLE_DIR / "static")), name="console-static")
     install_console_errors(app)
     return app
