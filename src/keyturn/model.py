@@ -162,6 +162,7 @@ class Route(Frozen):
     step_up: bool = False
     # How recent a login (or passkey assertion) must be for a review to count on a step_up route.
     step_up_max_age: timedelta = timedelta(minutes=5)
+    signature: str | None = None  # "passkey": an approval counts only signed with a passkey
     grant_ttl: timedelta = timedelta(minutes=5)
     secrets: tuple[str, ...] = ()  # names of brokered secrets handed over with the grant
 

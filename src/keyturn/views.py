@@ -51,6 +51,7 @@ def request_view(record: RequestRecord, *, base_url: str) -> dict[str, Any]:
             "requirements": [r.model_dump(mode="json") for r in route.requirements] if route else [],
             "editable": list(route.editable) if route else [],
             "step_up": route.step_up if route else False,
+            "signature": route.signature if route else None,
         },
         "still_needed": workflow.outstanding(record),
         "reviews": [

@@ -91,6 +91,10 @@ class StepUpRequired(ReviewRefused):
     code = "step_up_required"
 
 
+class SignatureRequired(ReviewRefused):
+    code = "signature_required"
+
+
 class AlreadyReviewed(ReviewRefused):
     code = "already_reviewed"
 
@@ -373,6 +377,14 @@ def review_refusal(
                 f"approving this request needs a fresh login or a passkey (within "
                 f"{_minutes(route.step_up_max_age)}); {reviewer.id} authenticated by "
                 f"{reviewer.authn.method.value if reviewer.authn else 'an unknown method'}"
+            )
+        if (
+            check_presence
+            and route.signature == "passkey"
+            and (reviewer.authn is None or reviewer.authn.passkey is None)
+        ):
+            return SignatureRequired(
+                "approving this request needs a passkey signature over the decision (signature: passkey)"
             )
         if same_identity(reviewer.id, record.request.on_behalf_of):
             return OnBehalfOfCannotApprove(

@@ -172,3 +172,64 @@ def test_the_workflow_refuses_a_signature_over_another_decision(factory: Any) ->
     forged = json.loads(json.dumps(event))
     forged["payload"]["params_digest"] = params_digest({"rows": 1})
     assert "params_digest" in (passkeys.recorded_problem(forged) or "")
+
+
+def test_a_tier_may_require_passkey_signed_approvals(tmp_path: Any, factory: Any) -> None:
+    from keyturn.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\n"
+        "defaults: {approvers: [security], ttl: 1h}\n"
+        "tiers:\n"
+        "  signed: {quorum: 1, approvers: [sre], signature: passkey}\n"
+        "rules:\n"
+        "  - {name: payments, match: {action: pay.out}, decision: review, tier: signed}\n"
+        "  - {name: exports, match: {action: db.export}, decision: review, quorum: 1, approvers: [sre]}\n"
+    )
+    compiled = load_policy([path])
+    agent = factory.agent
+    from keyturn.model import ActionRequest
+
+    now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    verdict = compiled.evaluate(ActionRequest(action="pay.out", params={"eur": 5}, requester=agent), now)
+    assert verdict.route is not None and verdict.route.signature == "passkey"
+    plain = compiled.evaluate(ActionRequest(action="db.export", requester=agent), now)
+    assert plain.route is not None and plain.route.signature is None
+
+    record = factory.submit(verdict, params={"eur": 5}).record
+    alice = factory.human("alice", "sre").model_copy(
+        update={"authn": Authentication(method=AuthMethod.OIDC, at=factory.now)}
+    )
+    with pytest.raises(workflow.SignatureRequired):
+        workflow.review(
+            record, alice, ReviewDecision.APPROVE, "", factory.tick(), grant_id=factory.grant_id()
+        )
+    # A deny needs no signature (the fail-safe direction).
+    denied = workflow.review(
+        record, alice, ReviewDecision.DENY, "no", factory.now, grant_id=factory.grant_id()
+    )
+    assert denied.record.status.value == "denied"
+
+    device = SoftAuthenticator()
+    document = passkeys.statement(
+        request_id=record.id,
+        action=record.request.action,
+        resource=record.request.resource,
+        params_digest=params_digest({"eur": 5}),
+        decision="approve",
+        reviewer=alice.id,
+    )
+    signer = alice.model_copy(
+        update={
+            "authn": Authentication(
+                method=AuthMethod.PASSKEY,
+                at=factory.now,
+                passkey=device.assert_(passkeys.new_challenge(document)),
+            )
+        }
+    )
+    approved = workflow.review(
+        record, signer, ReviewDecision.APPROVE, "", factory.now, grant_id=factory.grant_id()
+    )
+    assert approved.record.status.value == "approved"

@@ -276,6 +276,7 @@ def combine_routes(rules: Sequence[CompiledRule]) -> Route:
         redact=_union(r.redact for r in rules),
         editable=_union(r.editable for r in rules),
         step_up=any(r.step_up for r in rules),
+        signature="passkey" if any(r.signature == "passkey" for r in rules) else None,
         grant_ttl=min(r.grant_ttl for r in rules),
         secrets=_union(r.secrets for r in rules),
     )

@@ -44,6 +44,7 @@ _REVIEW_ONLY = (
     "ttl",
     "escalate",
     "step_up",
+    "signature",
     "redact",
     "editable",
     "notify",
@@ -321,6 +322,7 @@ class _Compiler:
             redact=tuple(_pick(rule.redact, t.redact if t else None, [])),
             editable=tuple(_pick(rule.editable, t.editable if t else None, [])),
             step_up=_pick(rule.step_up, t.step_up if t else None, False),
+            signature=_pick(rule.signature, t.signature if t else None, None),
             grant_ttl=_pick(rule.grant_ttl, t.grant_ttl if t else None, d.grant_ttl or DEFAULT_GRANT_TTL),
             secrets=tuple(sorted(set(rule.secrets))),
             matched=RuleMatch(

@@ -51,6 +51,7 @@ class CompiledRule:
     redact: tuple[str, ...]
     editable: tuple[str, ...]
     step_up: bool
+    signature: str | None  # "passkey": approvals must be passkey-signed
     grant_ttl: timedelta
     secrets: tuple[str, ...]
     matched: RuleMatch  # precomputed answer for a plain match (no evaluation error)

@@ -82,6 +82,8 @@ class RouteSpec(Spec):
     notify: Names = []
     escalate: list[EscalationSpec] | None = None
     step_up: bool | None = None
+    # `passkey`: an approval counts only when signed with a passkey over the decision (DESIGN §3).
+    signature: Literal["passkey"] | None = None
     redact: RedactPaths | None = None
     editable: EditablePaths | None = None
     description: str | None = None
