@@ -115,11 +115,12 @@ def serve(
             data_dir=data_dir,
             users_file=users_file,
         )
+        app = create_app(settings)
     except ConfigError as exc:
         errors.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

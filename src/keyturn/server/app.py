@@ -12,6 +12,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from keyturn import __version__, metrics
+from keyturn.channels import teams_http
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
 from keyturn.keys import KeyRing
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    teams_http.mount(app, settings.channels.teams)
     return app
 
 
