@@ -1,6 +1,8 @@
-"""Microsoft Teams through a real `keyturn serve`: the card is posted to a fake Bot Connector by the real Teams
-SDK client, a mapped, qualified human clicks Approve (an invoke signed like the Bot Framework's), the request is
-approved through the one review path, and the card is updated for everyone."""
+"""Microsoft Teams through a real `keyturn serve`.
+
+The card is posted to a fake Bot Connector by the real Teams SDK client, a mapped, qualified human clicks
+Approve (an invoke signed like the Bot Framework's), the request is approved through the one review path, and
+the card is updated for everyone."""
 
 from __future__ import annotations
 
