@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keyturn.identity.errors import AuthenticationError, UsersFileError
 from keyturn.identity.tokens import USER_TOKEN_PREFIX, hash_token, new_token, parse_token, token_matches
@@ -72,6 +72,12 @@ class User(_Strict):
         default=None,
         pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
     )
+
+    @field_validator("entra_oid", mode="before")
+    @classmethod
+    def _lower_oid(cls, value: Any) -> Any:
+        # Entra prints object ids in lower case, the Teams admin centre sometimes in upper: one person.
+        return value.strip().lower() if isinstance(value, str) else value
 
     def principal(self) -> Principal:
         return Principal(

@@ -12,7 +12,6 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from keyturn import __version__, metrics
-from keyturn.channels import teams_http
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
 from keyturn.keys import KeyRing
@@ -61,7 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
-    teams_http.mount(app, settings.channels.teams)
+    if settings.channels.teams is not None:  # the Teams SDK is imported only when Teams is configured
+        from keyturn.channels.teams_http import mount as mount_teams
+
+        mount_teams(app, settings.channels.teams)
     return app
 
 
