@@ -233,3 +233,27 @@ def test_server_refuses_to_start_without_the_bot_secret(tmp_path: Path, fake: Fa
     )
     assert result.returncode == 2 and "channels.teams.tenant_id" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_bot_added_to_a_channel_logs_where_it_is(tmp_path: Path, fake: FakeTeams) -> None:
+    """The admin learns the conversation id and service URL to configure from keyturn's log."""
+    server = start_teams_server(tmp_path, fake)
+    try:
+        update = {
+            "type": "conversationUpdate",
+            "id": "f:added",
+            "serviceUrl": fake.service_url,
+            "channelId": "msteams",
+            "from": {"id": "29:admin"},
+            "recipient": {"id": f"28:{APP_ID}"},
+            "conversation": {"id": "19:new-channel@thread.tacv2;messageid=1", "tenantId": TENANT_ID},
+            "membersAdded": [{"id": f"28:{APP_ID}"}],
+        }
+        forged = {**update, "conversation": {"id": "19:forged@thread.tacv2", "tenantId": TENANT_ID}}
+        assert click(server, forged, fake.inbound_token(audience="someone-else")).status_code == 401
+        assert click(server, update, fake.inbound_token()).status_code == 200
+        log = server.log()
+        assert "19:new-channel@thread.tacv2" in log and fake.service_url in log
+        assert "messageid" not in log and "19:forged" not in log
+    finally:
+        server.stop()

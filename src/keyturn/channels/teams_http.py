@@ -170,6 +170,8 @@ def build_router(inbound: TeamsInbound) -> APIRouter:
         except InvalidActivityToken as exc:
             log.warning("Teams activity refused: %s", exc)
             return JSONResponse(UNAUTHORIZED, status_code=401)
+        if body.get("type") in ("conversationUpdate", "installationUpdate"):
+            _log_conversation(body)
         if body.get("type") != "invoke" or body.get("name") != "adaptiveCard/action":
             return JSONResponse({}, status_code=200)  # messages, installs...: nothing to do
         try:
@@ -282,6 +284,19 @@ def _message(status: int, message: str) -> JSONResponse:
         AdaptiveCardActionMessageResponse(value=message).model_dump(by_alias=True, mode="json"),
         status_code=status,
     )
+
+
+def _log_conversation(body: dict[str, Any]) -> None:
+    """Say where the bot was just added: the two values a `channels.teams.conversations` entry needs."""
+    conversation = body.get("conversation")
+    conversation_id = conversation.get("id") if isinstance(conversation, dict) else None
+    if isinstance(conversation_id, str):
+        # Warning level: the server configures no logging of its own, and an admin needs to see this line.
+        log.warning(
+            "Teams: bot added to conversation_id %r, service_url %r (for channels.teams.conversations)",
+            conversation_id.split(";")[0][:200],
+            str(body.get("serviceUrl"))[:200],
+        )
 
 
 def _text_input(value: Any) -> str:
