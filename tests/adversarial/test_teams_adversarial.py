@@ -274,3 +274,7 @@ def test_step_up_route_cannot_be_approved_in_teams(world: tuple[FakeTeams, LiveS
     card = card_json(build_card(view))
     approve = card["actions"][0]
     assert approve["type"] == "Action.OpenUrl" and approve["url"] == view["review_url"]
+    # Denying is the fail-safe direction: it needs no fresh login, in Teams either.
+    deny = fake.invoke("deny", request_id, oid=BOB_OID, inputs={"reason": "not now"})
+    refused_text(click(server, deny, fake.inbound_token()))
+    assert state(server, request_id) == ("denied", ["user:bob@example.com"])

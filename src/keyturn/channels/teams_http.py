@@ -37,9 +37,10 @@ from pydantic import ValidationError
 
 from keyturn.channels.teams import VERB_APPROVE, VERB_DENY, VERB_REFRESH, TeamsChannel, build_card
 from keyturn.config import TeamsSettings
+from keyturn.errors import NotFound, ServiceError
 from keyturn.identity.users import UsersFile
 from keyturn.model import Authentication, AuthMethod, Principal, RequestRecord, ReviewDecision
-from keyturn.service import Keyturn, NotFound, ServiceError
+from keyturn.service import Keyturn
 from keyturn.views import request_view
 
 log = logging.getLogger("keyturn.channels.teams")
@@ -212,16 +213,10 @@ async def _invoke(
     principal = user.principal().model_copy(update={"authn": Authentication(method=AuthMethod.CHAT)})
 
     if verb == VERB_REFRESH:
-        record = await to_thread.run_sync(svc.store.get, request_id)
-        if record is None or not svc.may_read(principal, record):
-            return _text("You may not see this request.")
-        return _card(svc, record)
-
+        return await _current(svc, principal, request_id, None, "You may not see this request.")
     if not inbound.seen.first_time(activity.id):
-        record = await to_thread.run_sync(svc.store.get, request_id)
-        if record is None or not svc.may_read(principal, record):
-            return _text("This click was already received.")
-        return _card(svc, record, notice="This click was already received; it counts once.")
+        said = "This click was already received; it counts once."
+        return await _current(svc, principal, request_id, said, said)
 
     inputs = action.data
     if verb == VERB_DENY:
@@ -230,22 +225,16 @@ async def _invoke(
             return await _refused(svc, principal, request_id, "A denial needs a reason.")
     else:
         decision, comment = ReviewDecision.APPROVE, _text_input(inputs.get("comment"))
-        current = await to_thread.run_sync(svc.store.get, request_id)
-        route = current.verdict.route if current is not None else None
-        if route is not None and route.step_up:
-            # The card offers a link here, not this button; whatever sent the verb, a chat click is not
-            # the fresh login a step-up route asks for (the workflow refuses it too: guarantee 10).
-            return await _refused(
-                svc, principal, request_id, "This request needs a fresh login: approve it in keyturn."
-            )
     try:
         record = await to_thread.run_sync(svc.review, principal, request_id, decision, comment, None)
     except NotFound:
         return _text("keyturn has no such request, or you may not see it.")
     except ServiceError as exc:
-        return await _refused(
-            svc, principal, request_id, f"Your {decision.value} was not counted: {exc.message}"
-        )
+        reason = f"Your {decision.value} was not counted: {exc.message}"
+        if exc.detail.get("code") == "step_up_required":
+            # The card offers a link for this, not a button (guarantee 10: the workflow refused the click).
+            reason += ". Approve it in keyturn, where you log in again."
+        return await _refused(svc, principal, request_id, reason)
     # Bring the message up to date for everyone in the conversation now (the refresh and the outbox do
     # too; an update is idempotent), and show the clicker the new card.
     view = request_view(record, base_url=svc.settings.base_url)
@@ -264,10 +253,18 @@ async def _invoke(
 
 
 async def _refused(svc: Keyturn, principal: Principal, request_id: str, reason: str) -> Answer:
-    record = await to_thread.run_sync(svc.store.get, request_id)
-    if record is None or not svc.may_read(principal, record):
-        return _text(reason)
-    return _card(svc, record, notice=reason)
+    return await _current(svc, principal, request_id, reason, reason)
+
+
+async def _current(
+    svc: Keyturn, principal: Principal, request_id: str, notice: str | None, hidden: str
+) -> Answer:
+    """The request's current card with `notice` on top, or only `hidden` when the clicker may not see it."""
+    try:
+        record = await to_thread.run_sync(svc.get, principal, request_id)
+    except NotFound:
+        return _text(hidden)
+    return _card(svc, record, notice=notice)
 
 
 def _card(svc: Keyturn, record: RequestRecord, *, notice: str | None = None) -> Answer:
