@@ -47,6 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeTeams,
             users=TEAMS_USERS,
             agents=DEFAULT_AGENTS,
             settings={"channels": {"teams": fake.teams_settings(secret_env=SECRET_ENV)}},
+            timeout=120,  # a loaded CI machine imports the Teams SDK slowly
         )
     try:
         yield fake, server

@@ -51,6 +51,7 @@ def start_teams_server(tmp_path: Path, fake: FakeTeams, database_url: str | None
         users=TEAMS_USERS,
         agents=DEFAULT_AGENTS,
         settings={"channels": {"teams": fake.teams_settings(secret_env=SECRET_ENV)}},
+        timeout=120,  # a loaded CI machine imports the Teams SDK slowly
     )
 
 

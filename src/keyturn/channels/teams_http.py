@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -32,7 +33,6 @@ from microsoft_teams.api.models.adaptive_card import (
     AdaptiveCardActionCardResponse,
     AdaptiveCardActionMessageResponse,
 )
-from microsoft_teams.apps.auth.token_validator import JwtValidationOptions, TokenValidator
 from pydantic import ValidationError
 
 from keyturn.channels.teams import VERB_APPROVE, VERB_DENY, VERB_REFRESH, TeamsChannel, build_card
@@ -42,6 +42,9 @@ from keyturn.identity.users import UsersFile
 from keyturn.model import Authentication, AuthMethod, Principal, RequestRecord, ReviewDecision
 from keyturn.service import Keyturn
 from keyturn.views import request_view
+
+if TYPE_CHECKING:
+    from microsoft_teams.apps.auth.token_validator import TokenValidator
 
 log = logging.getLogger("keyturn.channels.teams")
 
@@ -78,8 +81,9 @@ class BotFrameworkTokenValidator:
                 jwks_uri = metadata.get("jwks_uri") if isinstance(metadata, dict) else None
                 if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
                     raise ValueError(f"{self.settings.openid_metadata_url} names no jwks_uri")
-                self._validator = TokenValidator(
-                    JwtValidationOptions(
+                token_validator, options = await to_thread.run_sync(_sdk_token_validator)
+                self._validator = token_validator(
+                    options(
                         valid_issuers=[self.settings.token_issuer],
                         valid_audiences=[self.settings.app_id],
                         jwks_uri=jwks_uri,
@@ -112,6 +116,15 @@ class BotFrameworkTokenValidator:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _sdk_token_validator() -> tuple[Any, Any]:
+    """The SDK's validator, imported on first use: `microsoft_teams.apps` is slow to import (its whole App),
+    and announces preview features on import, neither of which a starting server needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from microsoft_teams.apps.auth.token_validator import JwtValidationOptions, TokenValidator
+    return TokenValidator, JwtValidationOptions
 
 
 class SeenActivities:
