@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -345,12 +346,15 @@ class TeamsChannel:
     def client(self, service_url: str) -> ApiClient:
         key = service_url.rstrip("/")
         if key not in self._clients:
-            self._clients[key] = ApiClient(
-                key,
-                ClientOptions(timeout=self._timeout),
-                cloud=self._cloud,
-                token_provider=self.tokens,
-            )
+            with warnings.catch_warnings():
+                # ApiClient builds its deprecated BotClient for every caller; keyturn does not use it.
+                warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*bot client")
+                self._clients[key] = ApiClient(
+                    key,
+                    ClientOptions(timeout=self._timeout),
+                    cloud=self._cloud,
+                    token_provider=self.tokens,
+                )
         return self._clients[key]
 
     async def post(self, delivery: Delivery) -> MessageRef | None:
