@@ -1,4 +1,4 @@
-"""A fake Slack Web API on loopback, spoken to by the real `slack_sdk` client, and Slack's side of interactivity.
+"""A fake Slack Web API on loopback for the real `slack_sdk` client, and Slack's side of interactivity.
 
 Slack itself cannot be reached from this machine, so this stands in for it and checks what it receives the
 way Slack does: the bot token (`not_authed` / `invalid_auth`), the arguments of each method, and Block Kit
@@ -299,10 +299,10 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 fake._handle(self)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 fake._handle(self)
 
             def log_message(self, *_: Any) -> None:
@@ -479,7 +479,7 @@ class FakeSlack:
                 raise SlackError("invalid_blocks", errors=errors)
         return {"text": text or "", "blocks": blocks or []}
 
-    def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802 - Slack's name
+    def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._known_channel(args.get("channel"))
         message = self._content(args)
         ts = f"{int(time.time())}.{next(self._ts):06d}"
@@ -487,7 +487,7 @@ class FakeSlack:
         self.messages.setdefault(channel, {})[ts] = message
         return {"channel": channel, "ts": ts, "message": message}
 
-    def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._known_channel(args.get("channel"), by_id_only=True)
         ts = args.get("ts")
         if ts not in self.messages.get(channel, {}):
@@ -497,7 +497,7 @@ class FakeSlack:
         self.messages[channel][ts] = message
         return {"channel": channel, "ts": ts, "text": message["text"]}
 
-    def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._known_channel(args.get("channel"))
         user = self._user(args.get("user"))
         message = self._content(args)
@@ -505,7 +505,7 @@ class FakeSlack:
         self.ephemerals.append(message)
         return {"message_ts": f"{int(time.time())}.{next(self._ts):06d}"}
 
-    def _m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         trigger = args.get("trigger_id")
         issued = self._triggers.pop(str(trigger), None) if trigger else None
         if issued is None:
@@ -522,17 +522,17 @@ class FakeSlack:
         self.views.append(stored)
         return {"view": stored}
 
-    def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"user": self._user(args.get("user")).as_json()}
 
-    def _m_users_lookupByEmail(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_users_lookupByEmail(self, args: dict[str, Any]) -> dict[str, Any]:
         email = str(args.get("email") or "").casefold()
         for user in self.users:
             if user.email.casefold() == email and not user.deleted:
                 return {"user": user.as_json()}
         raise SlackError("users_not_found")
 
-    def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = [u for u in str(args.get("users") or "").split(",") if u]
         if len(users) != 1:
             raise SlackError("not_enough_users" if not users else "too_many_users")

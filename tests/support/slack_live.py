@@ -51,6 +51,7 @@ PEOPLE = {
     "U0OLIVIA": "user:olivia@example.com",
 }
 MALLORY = "U0MALLORY"
+NEWBIE = "U0NEWBIE"  # a Slack user who never linked
 BOT = "U0BOT"
 
 POLICY = (
@@ -71,6 +72,7 @@ CODE = re.compile(r"keyturn chat link (ktl_[A-Za-z0-9_-]+)")
 def slack_users() -> list[SlackUser]:
     users = [SlackUser(uid, pid.removeprefix("user:")) for uid, pid in PEOPLE.items()]
     users.append(SlackUser(MALLORY, "mallory@example.com"))
+    users.append(SlackUser(NEWBIE, "newbie@example.com"))
     users.append(SlackUser(BOT, "deploy-bot@example.com"))
     return users
 

@@ -323,6 +323,16 @@ class Interaction:
         record = await to_thread.run_sync(self.svc.store.get, request_id)
         if record is None:
             return _modal_error(COMMENT_BLOCK, f"keyturn has no request {request_id}")
+        if record.status is not Status.PENDING:
+            self._refresh_card(request_id, metadata)
+            outcome = outcome_summary(request_view(record, base_url=self.settings.base_url))
+            return _modal_error(COMMENT_BLOCK, f"This request is already {outcome}.")
+        # The service decides; asking the workflow first only gets the person its precise reason (the
+        # service answers "no request" to someone who may not read the request at all).
+        refused = _precheck(record, principal, decision, comment)
+        if refused is not None:
+            INTERACTIONS.labels(outcome="refused").inc()
+            return _modal_error(COMMENT_BLOCK, refused)
         changes, bad = _edits(record, values) if decision is ReviewDecision.APPROVE else (None, None)
         if bad is not None:
             return _modal_error(*bad)
@@ -377,14 +387,19 @@ def _team_user(payload: dict[str, Any]) -> tuple[str, str]:
     return str(team), str(user["id"])
 
 
-def _precheck(record: RequestRecord, principal: Principal, decision: ReviewDecision) -> str | None:
-    """Would the workflow refuse this person's review? Its own pure function answers; nothing is stored."""
+def _precheck(
+    record: RequestRecord, principal: Principal, decision: ReviewDecision, comment: str | None = None
+) -> str | None:
+    """Would the workflow refuse this person's review? Its own pure function answers; nothing is stored.
+    `comment` None: a click, whose reason (for a deny) is still to be typed."""
+    if comment is None:
+        comment = "reason to follow" if decision is ReviewDecision.DENY else ""
     try:
         workflow.review(
             record,
             principal,
             decision,
-            "reason to follow" if decision is ReviewDecision.DENY else "",
+            comment,
             datetime.now(UTC),
             grant_id="precheck",
         )
