@@ -50,14 +50,15 @@ from keyturn.channels.slack import (
     resolve_secret,
 )
 from keyturn.config import Settings
+from keyturn.errors import ServiceError
 from keyturn.identity.directory import Directory
 from keyturn.model import Authentication, AuthMethod, Principal, RequestRecord, ReviewDecision, Status
 from keyturn.redact import redact_params
 from keyturn.server.deps import Human
 from keyturn.server.errors import error_response
-from keyturn.service import Keyturn, ServiceError
+from keyturn.service import Keyturn
 from keyturn.store.chat import ChatAccounts, ChatLink, LinkCodeInvalid
-from keyturn.views import request_view
+from keyturn.views import request_view, review_url
 
 log = logging.getLogger("keyturn.channels.slack")
 
@@ -284,7 +285,7 @@ class Interaction:
                 self.background.add_task(self._update, conversation, message_ts, view)
             tell(f"This request is already {outcome_summary(view)}.")
             return Response(status_code=200)
-        refused = _precheck(record, principal, decision)
+        refused = _precheck(record, principal, decision, str(view["review_url"]))
         if refused is not None:
             INTERACTIONS.labels(outcome="refused").inc()
             tell(refused)
@@ -329,7 +330,7 @@ class Interaction:
             return _modal_error(COMMENT_BLOCK, f"This request is already {outcome}.")
         # The service decides; asking the workflow first only gets the person its precise reason (the
         # service answers "no request" to someone who may not read the request at all).
-        refused = _precheck(record, principal, decision, comment)
+        refused = _precheck(record, principal, decision, review_url(self.settings.base_url, request_id))
         if refused is not None:
             INTERACTIONS.labels(outcome="refused").inc()
             return _modal_error(COMMENT_BLOCK, refused)
@@ -388,24 +389,17 @@ def _team_user(payload: dict[str, Any]) -> tuple[str, str]:
 
 
 def _precheck(
-    record: RequestRecord, principal: Principal, decision: ReviewDecision, comment: str | None = None
+    record: RequestRecord, principal: Principal, decision: ReviewDecision, review_url: str
 ) -> str | None:
-    """Would the workflow refuse this person's review? Its own pure function answers; nothing is stored.
-    `comment` None: a click, whose reason (for a deny) is still to be typed."""
-    if comment is None:
-        comment = "reason to follow" if decision is ReviewDecision.DENY else ""
-    try:
-        workflow.review(
-            record,
-            principal,
-            decision,
-            comment,
-            datetime.now(UTC),
-            grant_id="precheck",
-        )
-    except workflow.WorkflowError as exc:
-        return exc.message
-    return None
+    """Why the workflow would refuse this person's decision, from its own rule (`review_refusal`, the one
+    the service applies); nothing is stored. What the modal adds (a deny's reason, an edit) is checked by
+    the review itself."""
+    refusal = workflow.review_refusal(record, principal, datetime.now(UTC), decision)
+    if refusal is None:
+        return None
+    if isinstance(refusal, workflow.StepUpRequired):
+        return f"{refusal.message}. Open the request in keyturn to approve it: {review_url}"
+    return refusal.message
 
 
 def _edits(
