@@ -8,6 +8,8 @@ redacted); `k8s.delete` needs 2 from sre and 1 from security; `iam.role.attach` 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -18,7 +20,8 @@ from conftest import fresh_postgres_schema
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind
 from keyturn.channels.slack import APPROVE, DENY
 from keyturn.store import Store
-from support.slack_live import MALLORY, PEOPLE, SlackWorld
+from support.live import keyturn_executable
+from support.slack_live import MALLORY, NEWBIE, PEOPLE, SlackWorld
 
 ALICE_U, SAM_U, OLIVIA_U = "U0ALICE", "U0SAM", "U0OLIVIA"
 ALICE = PEOPLE[ALICE_U]
@@ -178,3 +181,31 @@ def test_slack_outages_become_retryable_failures(world: SlackWorld) -> None:
     with pytest.raises(DeliveryFailed) as missing:
         asyncio.run(channel.post(unknown))
     assert missing.value.permanent and "channel_not_found" in str(missing.value)
+
+
+def test_keyturn_chat_link_command(world: SlackWorld) -> None:
+    request = world.submit()
+    channel, ts = world.post_card(request["id"])
+    code = world.link_code(NEWBIE, request["id"], channel, ts)
+    env = {
+        **os.environ,
+        "KEYTURN_URL": world.server.url,
+        "KEYTURN_TOKEN": world.server.tokens["user:dave@example.com"],
+    }
+    linked = subprocess.run(
+        [keyturn_executable(), "chat", "link", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert linked.returncode == 0, linked.stderr
+    assert f"linked slack account T0KEYTURN/{NEWBIE} to user:dave@example.com" in linked.stdout
+    again = subprocess.run(
+        [keyturn_executable(), "chat", "link", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "used already" in again.stderr
+    listed = subprocess.run(
+        [keyturn_executable(), "chat", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0 and NEWBIE in listed.stdout
+    # dave (security) is not qualified for db.export: now the refusal says so instead of offering a code
+    said = len(world.ephemerals_for(NEWBIE))
+    world.click(NEWBIE, APPROVE, request["id"], channel, ts)
+    assert "not in any group" in world.wait_ephemeral(NEWBIE, said)

@@ -85,9 +85,14 @@ class SlackWorld:
 
     @classmethod
     def start(
-        cls, workdir: Path, database_url: str | None = None, *, link_by_email: bool = False
+        cls,
+        workdir: Path,
+        database_url: str | None = None,
+        *,
+        link_by_email: bool = False,
+        users: list[SlackUser] | None = None,
     ) -> SlackWorld:
-        fake = FakeSlack(token=TOKEN, users=slack_users()).start()
+        fake = FakeSlack(token=TOKEN, users=users if users is not None else slack_users()).start()
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "slack-token").write_text(TOKEN + "\n")
         (workdir / "slack-secret").write_text(SECRET + "\n")
@@ -112,11 +117,12 @@ class SlackWorld:
 
     # --- the outbound side, as the dispatcher drives it -------------------------------------------------
 
-    def channel(self, *, with_accounts: Store | None = None) -> SlackChannel:
+    def channel(self, *, with_accounts: Store | None = None, link_by_email: bool = False) -> SlackChannel:
         settings = SlackSettings(
             bot_token=SecretSettings(env="UNUSED"),
             signing_secret=SecretSettings(env="UNUSED"),
             api_url=self.fake.api_url,
+            link_by_email=link_by_email,
         )
         return SlackChannel(settings, TOKEN, accounts=ChatAccounts(with_accounts) if with_accounts else None)
 
