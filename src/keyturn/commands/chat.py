@@ -7,18 +7,17 @@ account to you. Your groups are never taken from Slack: keyturn looks them up wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from keyturn.client import ApiError, Client, default_url
+from keyturn.commands.output import api_failure, console
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="KEYTURN_URL", help="server URL")]
 TokenOption = Annotated[
@@ -26,13 +25,12 @@ TokenOption = Annotated[
 ]
 
 
-def _call(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+def _call(url: str, token: str | None, call: Callable[[Client], Any]) -> Any:
     try:
         with Client(url, token) as client:
-            return client._call(method, path, **kwargs)
+            return call(client)
     except ApiError as exc:
-        errors.print(f"[red]error:[/red] {escape(exc.message)} [dim]({exc.code})[/dim]")
-        raise typer.Exit(1) from exc
+        api_failure(exc)
 
 
 @app.command("link")
@@ -42,7 +40,7 @@ def link(
     token: TokenOption = None,
 ) -> None:
     """Link the chat account that received CODE to you (the identity of --token)."""
-    made = _call(url, token, "POST", "/v1/chat/links", json={"code": code})
+    made = _call(url, token, lambda c: c.chat_link(code))
     console.print(
         f"linked {escape(made['provider'])} account {escape(made['team_id'])}/{escape(made['user_id'])} "
         f"to {escape(made['principal_id'])}"
@@ -52,7 +50,7 @@ def link(
 @app.command("list")
 def list_links(url: UrlOption = default_url(), token: TokenOption = None) -> None:
     """Your linked chat accounts."""
-    answer = _call(url, token, "GET", "/v1/chat/links")
+    answer = _call(url, token, lambda c: c.chat_links())
     table = Table(title="linked chat accounts")
     for column in ("provider", "team", "user", "principal", "method", "linked at"):
         table.add_column(column)
@@ -76,5 +74,5 @@ def unlink(
     token: TokenOption = None,
 ) -> None:
     """Unlink one of your Slack accounts."""
-    _call(url, token, "DELETE", f"/v1/chat/links/slack/{team_id}/{user_id}")
+    _call(url, token, lambda c: c.chat_unlink("slack", team_id, user_id))
     console.print(f"unlinked slack account {escape(team_id)}/{escape(user_id)}")
