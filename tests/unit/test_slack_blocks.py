@@ -161,3 +161,20 @@ def test_outcome_dm_names_the_outcome() -> None:
     assert "denied by user:alice@example.com: too many rows" in outcome_text(
         view_of(decide=ReviewDecision.DENY)
     )
+
+
+def test_the_shipped_app_manifest_matches_the_server() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from keyturn.channels.slack_http import INTERACTIVITY_PATH
+
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[2] / "examples" / "slack-app-manifest.yaml").read_text(encoding="utf-8")
+    )
+    assert manifest["settings"]["interactivity"]["request_url"].endswith(INTERACTIVITY_PATH)
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    # chat.postMessage/update/postEphemeral, conversations.open (DM), users.info, users.lookupByEmail
+    assert {"chat:write", "im:write", "users:read", "users:read.email"} <= scopes
+    assert "commands" not in scopes and "slash_commands" not in manifest.get("features", {})
