@@ -19,6 +19,7 @@ Interactivity: `signed_headers(secret, body)` signs exactly as Slack does (v0 HM
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -280,6 +281,7 @@ class FakeSlack:
     users: list[SlackUser] = field(default_factory=list)
     channels: dict[str, str] = field(default_factory=lambda: {"#ops-approvals": "C0OPS0001"})
     trigger_ttl: float = 3.0  # Slack's trigger ids expire after 3 seconds
+    app_token: str = "xapp-1-keyturn-test"  # the app-level token of Socket Mode (apps.connections.open)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -292,6 +294,7 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.socket = SocketModeServer()
 
     # --- control ---------------------------------------------------------------------------------------
 
@@ -315,6 +318,7 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        self.socket.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -401,7 +405,7 @@ class FakeSlack:
             self._answer(request, method, args, status, answer, headers)
             return
         try:
-            self._authorise(request, args)
+            self._authorise(request, args, method)
             handler = getattr(self, "_m_" + method.replace(".", "_"), None)
             if handler is None:
                 raise SlackError("unknown_method")
@@ -432,7 +436,7 @@ class FakeSlack:
         request.end_headers()
         request.wfile.write(data)
 
-    def _authorise(self, request: BaseHTTPRequestHandler, args: dict[str, Any]) -> None:
+    def _authorise(self, request: BaseHTTPRequestHandler, args: dict[str, Any], method: str) -> None:
         header = request.headers.get("Authorization") or ""
         token = (
             header.removeprefix("Bearer ").strip()
@@ -441,7 +445,11 @@ class FakeSlack:
         )
         if not token:
             raise SlackError("not_authed")
-        if token != self.token:
+        # Slack keeps the token types apart: app-level tokens only open Socket Mode connections.
+        expected = self.app_token if method == "apps.connections.open" else self.token
+        if token in (self.token, self.app_token) and token != expected:
+            raise SlackError("not_allowed_token_type")
+        if token != expected:
             raise SlackError("invalid_auth")
 
     # --- methods (called with the lock held) ------------------------------------------------------------
@@ -531,6 +539,9 @@ class FakeSlack:
             if user.email.casefold() == email and not user.deleted:
                 return {"user": user.as_json()}
         raise SlackError("users_not_found")
+
+    def _m_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.socket.start()}
 
     def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = [u for u in str(args.get("users") or "").split(",") if u]
@@ -629,3 +640,80 @@ def submission_payload(
             "hash": "1.abc",
         },
     }
+
+
+class SocketModeServer:
+    """Slack's Socket Mode end: a WebSocket server (the `websockets` library) on loopback that says hello,
+    pushes envelopes to the connected app and collects the app's acknowledgements."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+        self._connections: list[Any] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> str:
+        with self._lock:
+            if self._url is not None:
+                return self._url
+            ready = threading.Event()
+            self._loop = asyncio.new_event_loop()
+
+            async def handler(connection: Any) -> None:
+                self._connections.append(connection)
+                await connection.send(json.dumps({"type": "hello", "num_connections": 1, "debug_info": {}}))
+                async for raw in connection:
+                    message = json.loads(raw)
+                    if "envelope_id" in message:
+                        self.acks[message["envelope_id"]] = message
+
+            async def main() -> None:
+                from websockets.asyncio.server import serve
+
+                async with serve(handler, "127.0.0.1", 0) as server:
+                    port = next(iter(server.sockets)).getsockname()[1]
+                    self._url = f"ws://127.0.0.1:{port}/link/?ticket=keyturn-test"
+                    self._stopped = asyncio.Event()
+                    ready.set()
+                    await self._stopped.wait()
+
+            self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
+            self._thread.start()
+            ready.wait(10)
+            assert self._url is not None
+            return self._url
+
+    def connected(self) -> bool:
+        return bool(self._connections)
+
+    def push(
+        self, payload: dict[str, Any], *, envelope_id: str | None = None, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Deliver one `interactive` envelope to the app and wait for its acknowledgement."""
+        assert self._loop is not None and self._connections, "no Socket Mode connection"
+        envelope_id = envelope_id or f"env-{time.monotonic_ns()}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": "interactive",
+            "payload": payload,
+            "accepts_response_payload": True,
+            "retry_attempt": 0,
+            "retry_reason": "",
+        }
+        self.acks.pop(envelope_id, None)
+        connection = self._connections[-1]
+        asyncio.run_coroutine_threadsafe(connection.send(json.dumps(envelope)), self._loop).result(5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if envelope_id in self.acks:
+                return self.acks[envelope_id]
+            time.sleep(0.02)
+        raise AssertionError(f"envelope {envelope_id} was not acknowledged")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._url is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+            if self._thread is not None:
+                self._thread.join(5)

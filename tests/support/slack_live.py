@@ -91,6 +91,7 @@ class SlackWorld:
         *,
         link_by_email: bool = False,
         users: list[SlackUser] | None = None,
+        socket_mode: bool = False,
     ) -> SlackWorld:
         fake = FakeSlack(token=TOKEN, users=users if users is not None else slack_users()).start()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,9 @@ class SlackWorld:
             "api_url": fake.api_url,
             "link_by_email": link_by_email,
         }
+        if socket_mode:
+            (workdir / "slack-app-token").write_text(fake.app_token + "\n")
+            slack["app_token"] = {"file": str(workdir / "slack-app-token")}
         try:
             server = start_server(
                 workdir, database_url=database_url, policy=POLICY, settings={"channels": {"slack": slack}}

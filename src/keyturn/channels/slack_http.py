@@ -17,8 +17,12 @@ identity source at that moment (`keyturn.identity.directory`), never taken from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,6 +56,7 @@ from keyturn.channels.slack import (
 from keyturn.config import Settings
 from keyturn.errors import ServiceError
 from keyturn.identity.directory import Directory
+from keyturn.identity.users import UsersFile
 from keyturn.model import Authentication, AuthMethod, Principal, RequestRecord, ReviewDecision, Status
 from keyturn.redact import redact_params
 from keyturn.server.deps import Human
@@ -92,15 +97,65 @@ def build_router(settings: Settings) -> APIRouter:
     assert slack is not None, "mount the Slack router only when channels.slack is configured"
     verifier = SignatureVerifier(resolve_secret(slack.signing_secret, "channels.slack.signing_secret"))
     token = resolve_secret(slack.bot_token, "channels.slack.bot_token")
-    router = APIRouter(tags=["slack"])
+    app_token = resolve_secret(slack.app_token, "channels.slack.app_token") if slack.app_token else None
+
+    def channel_for(app: Any) -> SlackChannel:
+        existing: SlackChannel | None = getattr(app.state, "slack_channel", None)
+        if existing is None:
+            svc: Keyturn = app.state.keyturn
+            existing = SlackChannel(slack, token, accounts=ChatAccounts(svc.store))
+            app.state.slack_channel = existing
+        return existing
 
     def channel(request: Request) -> SlackChannel:
-        existing: SlackChannel | None = getattr(request.app.state, "slack_channel", None)
-        if existing is None:
-            svc: Keyturn = request.app.state.keyturn
-            existing = SlackChannel(slack, token, accounts=ChatAccounts(svc.store))
-            request.app.state.slack_channel = existing
-        return existing
+        return channel_for(request.app)
+
+    @asynccontextmanager
+    async def socket_mode(app: Any) -> AsyncIterator[None]:
+        """Socket Mode: Slack delivers the same interactions over a WebSocket the server opens (no ingress
+        needed). The connection is authenticated by the app-level token, so there is no request signature;
+        envelope ids are remembered like signatures, so a redelivered envelope is handled once."""
+        from slack_sdk.socket_mode.aiohttp import SocketModeClient
+        from slack_sdk.socket_mode.request import SocketModeRequest
+        from slack_sdk.socket_mode.response import SocketModeResponse
+
+        assert app_token is not None
+        web = channel_for(app)
+        client = SocketModeClient(app_token=app_token, web_client=web.client)
+
+        async def on_request(client: SocketModeClient, request: SocketModeRequest) -> None:
+            svc: Keyturn = app.state.keyturn
+            accounts = ChatAccounts(svc.store)
+            envelope = str(request.envelope_id)
+            fresh = await to_thread.run_sync(
+                accounts.first_sight, f"socket:{envelope}", "0", datetime.now(UTC)
+            )
+            background = BackgroundTasks()
+            answer: dict[str, Any] | None = None
+            if fresh and request.type == "interactive" and isinstance(request.payload, dict):
+                handler = Interaction(settings, svc, web, accounts, Directory(_users(app)), background)
+                response = await handler.dispatch(request.payload)
+                if response.body:
+                    answer = json.loads(bytes(response.body))
+                    if not isinstance(answer, dict) or "response_action" not in answer:
+                        answer = None
+            elif not fresh:
+                INTERACTIONS.labels(outcome="replayed").inc()
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=envelope, payload=answer))
+            await background()
+
+        client.socket_mode_request_listeners.append(on_request)  # type: ignore[arg-type]
+        # connect() retries until Slack answers; the server must not wait for that to start serving
+        connecting = asyncio.create_task(client.connect())  # type: ignore[no-untyped-call]
+        try:
+            yield
+        finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            await client.close()  # type: ignore[no-untyped-call]
+
+    router = APIRouter(tags=["slack"], lifespan=socket_mode if app_token else None)
 
     @router.post(INTERACTIVITY_PATH, include_in_schema=False)
     async def interactivity(request: Request, background: BackgroundTasks) -> Response:
@@ -124,16 +179,12 @@ def build_router(settings: Settings) -> APIRouter:
             kind = payload["type"]
         except (UnicodeDecodeError, KeyError, IndexError, ValueError, TypeError):
             return error_response(400, "bad_request", "expected a form field `payload` holding JSON")
-        handler = Interaction(settings, svc, channel(request), accounts, _directory(request), background)
-        try:
-            if kind == "block_actions":
-                return await handler.click(payload)
-            if kind == "view_submission":
-                return await handler.submit(payload)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            log.warning("unexpected Slack %s payload: %r", kind, exc)
-            return error_response(400, "bad_request", "unexpected Slack payload")
-        return Response(status_code=200)
+        if not isinstance(kind, str):
+            return error_response(400, "bad_request", "expected a Slack interaction payload")
+        handler = Interaction(
+            settings, svc, channel(request), accounts, Directory(_users(request.app)), background
+        )
+        return await handler.dispatch(payload)
 
     @router.post("/v1/chat/links", tags=["chat"], summary="Link the chat account of a one-time code to you")
     def link(body: LinkBody, who: Human, request: Request) -> Any:
@@ -164,8 +215,9 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-def _directory(request: Request) -> Directory:
-    return Directory(getattr(request.app.state.authenticator, "users", None))
+def _users(app: Any) -> UsersFile | None:
+    users: UsersFile | None = getattr(app.state.authenticator, "users", None)
+    return users
 
 
 def _link_json(link: ChatLink) -> dict[str, Any]:
@@ -197,6 +249,18 @@ class Interaction:
         self.accounts = accounts
         self.directory = directory
         self.background = background
+
+    async def dispatch(self, payload: dict[str, Any]) -> Response:
+        kind = payload.get("type")
+        try:
+            if kind == "block_actions":
+                return await self.click(payload)
+            if kind == "view_submission":
+                return await self.submit(payload)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            log.warning("unexpected Slack %s payload: %r", kind, exc)
+            return error_response(400, "bad_request", "unexpected Slack payload")
+        return Response(status_code=200)
 
     # --- who is clicking -----------------------------------------------------------------------------
 
