@@ -285,3 +285,17 @@ def test_the_same_person_clicking_twice_counts_once(world: SlackWorld) -> None:
     view = world.view(request["id"])
     assert view["status"] == "pending" and [r["reviewer"] for r in view["reviews"]] == [PEOPLE[ALICE_U]]
     assert view["still_needed"] == ["1 from sre", "1 from security"]
+
+
+@pytest.mark.postgresql
+def test_a_replay_to_another_replica_is_refused(worlds: Worlds) -> None:
+    world = worlds.get("postgresql")
+    replica = world.server.start_replica()
+    request = world.submit()
+    channel, ts = world.post_card(request["id"])
+    body = click_body(world, request["id"], channel, ts)
+    headers = signed_headers(SECRET, body)
+    first = httpx.post(f"{world.server.url}/v1/channels/slack/interactivity", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    replay = httpx.post(f"{replica.url}/v1/channels/slack/interactivity", content=body, headers=headers)
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == "replayed"
