@@ -628,7 +628,7 @@ def submission_payload(
         "team": {"id": team, "domain": "keyturn-test"},
         "user": {"id": user, "username": user.lower(), "team_id": team},
         "api_app_id": "A0KEYTURN",
-        "trigger_id": f"{int(time.time())}.submit",
+        "trigger_id": f"{time.time_ns()}.submit",  # unique per submission, as Slack's are,
         "view": {
             "id": view.get("id", "V0"),
             "team_id": team,
