@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -99,16 +100,22 @@ def build_router(settings: Settings) -> APIRouter:
     token = resolve_secret(slack.bot_token, "channels.slack.bot_token")
     app_token = resolve_secret(slack.app_token, "channels.slack.app_token") if slack.app_token else None
 
-    def channel_for(app: Any) -> SlackChannel:
-        existing: SlackChannel | None = getattr(app.state, "slack_channel", None)
+    def wiring(app: Any) -> Wiring:
+        """The Slack side's composition root (once per app): the only place it touches the store, for the
+        chat-account tables it owns and for reading a request a click names."""
+        existing: Wiring | None = getattr(app.state, "slack_wiring", None)
         if existing is None:
             svc: Keyturn = app.state.keyturn
-            existing = SlackChannel(slack, token, accounts=ChatAccounts(svc.store))
-            app.state.slack_channel = existing
+            accounts = ChatAccounts(svc.store)
+            existing = Wiring(
+                svc=svc,
+                accounts=accounts,
+                read=svc.store.get,
+                channel=SlackChannel(slack, token, accounts=accounts),
+                directory=Directory(_users(app)),
+            )
+            app.state.slack_wiring = existing
         return existing
-
-    def channel(request: Request) -> SlackChannel:
-        return channel_for(request.app)
 
     @asynccontextmanager
     async def socket_mode(app: Any) -> AsyncIterator[None]:
@@ -120,20 +127,18 @@ def build_router(settings: Settings) -> APIRouter:
         from slack_sdk.socket_mode.response import SocketModeResponse
 
         assert app_token is not None
-        web = channel_for(app)
-        client = SocketModeClient(app_token=app_token, web_client=web.client)
+        wired = wiring(app)
+        client = SocketModeClient(app_token=app_token, web_client=wired.channel.client)
 
         async def on_request(client: SocketModeClient, request: SocketModeRequest) -> None:
-            svc: Keyturn = app.state.keyturn
-            accounts = ChatAccounts(svc.store)
             envelope = str(request.envelope_id)
             fresh = await to_thread.run_sync(
-                accounts.first_sight, f"socket:{envelope}", "0", datetime.now(UTC)
+                wired.accounts.first_sight, f"socket:{envelope}", "0", datetime.now(UTC)
             )
             background = BackgroundTasks()
             answer: dict[str, Any] | None = None
             if fresh and request.type == "interactive" and isinstance(request.payload, dict):
-                handler = Interaction(settings, svc, web, accounts, Directory(_users(app)), background)
+                handler = Interaction(settings, wired, background)
                 response = await handler.dispatch(request.payload)
                 if response.body:
                     answer = json.loads(bytes(response.body))
@@ -168,9 +173,8 @@ def build_router(settings: Settings) -> APIRouter:
         if not timestamp.isdigit() or not signature or not verifier.is_valid(body, timestamp, signature):
             INTERACTIONS.labels(outcome="refused_signature").inc()
             return error_response(401, "invalid_signature", "Slack signature missing, invalid or too old")
-        svc: Keyturn = request.app.state.keyturn
-        accounts = ChatAccounts(svc.store)
-        if not await to_thread.run_sync(accounts.first_sight, signature, timestamp, datetime.now(UTC)):
+        wired = wiring(request.app)
+        if not await to_thread.run_sync(wired.accounts.first_sight, signature, timestamp, datetime.now(UTC)):
             INTERACTIONS.labels(outcome="replayed").inc()
             return error_response(401, "replayed", "this signed Slack request was seen before")
         # Only now is the body parsed: it is Slack's, and seen once.
@@ -181,16 +185,13 @@ def build_router(settings: Settings) -> APIRouter:
             return error_response(400, "bad_request", "expected a form field `payload` holding JSON")
         if not isinstance(kind, str):
             return error_response(400, "bad_request", "expected a Slack interaction payload")
-        handler = Interaction(
-            settings, svc, channel(request), accounts, Directory(_users(request.app)), background
-        )
+        handler = Interaction(settings, wired, background)
         return await handler.dispatch(payload)
 
     @router.post("/v1/chat/links", tags=["chat"], summary="Link the chat account of a one-time code to you")
     def link(body: LinkBody, who: Human, request: Request) -> Any:
-        svc: Keyturn = request.app.state.keyturn
         try:
-            made = ChatAccounts(svc.store).redeem(body.code, who.id, datetime.now(UTC))
+            made = wiring(request.app).accounts.redeem(body.code, who.id, datetime.now(UTC))
         except LinkCodeInvalid as exc:
             return error_response(400, "invalid_link_code", str(exc), {"field": "body.code"})
         log.info("linked %s account %s/%s to %s", made.provider, made.team_id, made.user_id, who.id)
@@ -198,15 +199,13 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/v1/chat/links", tags=["chat"], summary="Your linked chat accounts")
     def links(who: Human, request: Request) -> dict[str, Any]:
-        svc: Keyturn = request.app.state.keyturn
-        return {"items": [_link_json(link) for link in ChatAccounts(svc.store).links_of(who.id)]}
+        return {"items": [_link_json(link) for link in wiring(request.app).accounts.links_of(who.id)]}
 
     @router.delete(
         "/v1/chat/links/{provider}/{team_id}/{user_id}", tags=["chat"], summary="Unlink one of your accounts"
     )
     def unlink(provider: str, team_id: str, user_id: str, who: Human, request: Request) -> Any:
-        svc: Keyturn = request.app.state.keyturn
-        if not ChatAccounts(svc.store).unlink(provider, team_id, user_id, who.id):
+        if not wiring(request.app).accounts.unlink(provider, team_id, user_id, who.id):
             return error_response(
                 404, "not_found", f"no linked {provider} account {team_id}/{user_id} of yours"
             )
@@ -231,23 +230,25 @@ def _link_json(link: ChatLink) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Wiring:
+    svc: Keyturn  # reviews go through `svc.review`, the one review path
+    accounts: ChatAccounts
+    read: Callable[[str], RequestRecord | None]  # a request by id, whoever asks (a click needs its state)
+    channel: SlackChannel
+    directory: Directory
+
+
 class Interaction:
     """One verified interactivity request."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        svc: Keyturn,
-        channel: SlackChannel,
-        accounts: ChatAccounts,
-        directory: Directory,
-        background: BackgroundTasks,
-    ) -> None:
+    def __init__(self, settings: Settings, wired: Wiring, background: BackgroundTasks) -> None:
         self.settings = settings
-        self.svc = svc
-        self.channel = channel
-        self.accounts = accounts
-        self.directory = directory
+        self.svc = wired.svc
+        self.read = wired.read
+        self.channel = wired.channel
+        self.accounts = wired.accounts
+        self.directory = wired.directory
         self.background = background
 
     async def dispatch(self, payload: dict[str, Any]) -> Response:
@@ -338,7 +339,7 @@ class Interaction:
             INTERACTIONS.labels(outcome="refused").inc()
             tell(refusal.message)
             return Response(status_code=200)
-        record = await to_thread.run_sync(self.svc.store.get, request_id)
+        record = await to_thread.run_sync(self.read, request_id)
         if record is None:
             tell(f"keyturn has no request {request_id}.")
             return Response(status_code=200)
@@ -385,7 +386,7 @@ class Interaction:
         except _Refusal as refusal:
             INTERACTIONS.labels(outcome="refused").inc()
             return _modal_error(COMMENT_BLOCK, refusal.message)
-        record = await to_thread.run_sync(self.svc.store.get, request_id)
+        record = await to_thread.run_sync(self.read, request_id)
         if record is None:
             return _modal_error(COMMENT_BLOCK, f"keyturn has no request {request_id}")
         if record.status is not Status.PENDING:
@@ -423,7 +424,7 @@ class Interaction:
 
     def _refresh_card(self, request_id: str, metadata: dict[str, Any]) -> None:
         async def refresh() -> None:
-            record = await to_thread.run_sync(self.svc.store.get, request_id)
+            record = await to_thread.run_sync(self.read, request_id)
             if record is not None and metadata.get("c") and metadata.get("t"):
                 view = request_view(record, base_url=self.settings.base_url)
                 await self._update(str(metadata["c"]), str(metadata["t"]), view)
