@@ -31,6 +31,9 @@ TABLES = {
     "console_sessions",
     "console_logins",
     "passkeys",
+    "chat_links",
+    "chat_link_codes",
+    "chat_seen_signatures",
     "alembic_version",
 }
 

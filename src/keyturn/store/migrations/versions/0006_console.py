@@ -1,7 +1,7 @@
 """The web console: server-side sessions, OIDC logins under way, passkeys.
 
 Revision ID: 0006_console
-Revises: 0001_initial
+Revises: 0004_chat
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_console"
-down_revision = "0001_initial"
+down_revision = "0004_chat"
 branch_labels = None
 depends_on = None
 
