@@ -36,6 +36,7 @@ from keyturn.model import (
     same_identity,
 )
 from keyturn.policy import PolicyHolder
+from keyturn.redact import Redactor
 from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
 
 log = logging.getLogger("keyturn")
@@ -131,8 +132,17 @@ class Keyturn:
         self.keyring = keyring
         self.clock = clock
         self.grant_issuer = GrantIssuer(
-            keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
+            keyring.signing_key("grant"),
+            issuer=settings.base_url,
+            audience=settings.grant_audience,
+            redactor=keyring.redactor(),
         )
+
+    @property
+    def redactor(self) -> Redactor:
+        """Redaction with the server's keyed digests (guarantee 9), for the workflow and every view.
+        Only through the key ring's accessor, so the key moves with the other server keys."""
+        return self.keyring.redactor()
 
     # --- policy -------------------------------------------------------------------------------------
 
@@ -157,7 +167,9 @@ class Keyturn:
         )
         now = self.clock()
         verdict = self.evaluate(request)
-        transition = workflow.submit(new_request_id(), request, verdict, now, new_grant_id())
+        transition = workflow.submit(
+            new_request_id(), request, verdict, now, new_grant_id(), redactor=self.redactor
+        )
         decision = DecisionRecord(
             ts=now,
             request_id=transition.record.id,
@@ -293,6 +305,7 @@ class Keyturn:
                 edited_params=edited,
                 reevaluate=reevaluate,
                 grant_id=new_grant_id(),
+                redactor=self.redactor,
             )
 
         try:
@@ -305,7 +318,9 @@ class Keyturn:
 
     def cancel(self, principal: Principal, request_id: str, reason: str = "") -> RequestRecord:
         return self._transition(
-            principal, request_id, lambda r, now: workflow.cancel(r, principal, now, reason)
+            principal,
+            request_id,
+            lambda r, now: workflow.cancel(r, principal, now, reason, redactor=self.redactor),
         )
 
     def consume(self, principal: Principal, token: str) -> Consumed:
@@ -326,12 +341,14 @@ class Keyturn:
             action=claims.act,
             resource=claims.res,
             params_digest=claims.pdg,
+            resource_digest=claims.rdg,
         )
 
         handed_over: dict[str, str] = {}
 
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
-            transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
+            # refusals come first
+            transition = workflow.consume_grant(record, presented, principal, at, redactor=self.redactor)
             # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
             # over must leave the grant unused, not strand the request in `executing` with nothing to run.
             handed_over.update(self._resolve_secrets(record.verdict.brokered_secrets))
@@ -366,7 +383,13 @@ class Keyturn:
                 )
             scrubbed = self._scrub_brokered_secrets(record, detail)
             return workflow.report_result(
-                record, principal, succeeded, now, output_digest=output_digest, detail=scrubbed
+                record,
+                principal,
+                succeeded,
+                now,
+                output_digest=output_digest,
+                detail=scrubbed,
+                redactor=self.redactor,
             )
 
         return self._transition(principal, request_id, step)
@@ -388,10 +411,11 @@ class Keyturn:
     def tick(self) -> int:
         """Expire and escalate what is due. Safe on several replicas: the store locks what it processes."""
         now = self.clock()
+        redactor = self.redactor
 
         def handle(record: RequestRecord) -> workflow.Transition | None:
             try:
-                return workflow.due_transition(record, now)
+                return workflow.due_transition(record, now, redactor=redactor)
             except workflow.NothingToDo:
                 return None
 
@@ -426,7 +450,9 @@ class Keyturn:
     def _expire_quietly(self, record: RequestRecord, now: datetime) -> None:
         # the timer or another replica may get there first: then there is nothing left to do
         with contextlib.suppress(workflow.WorkflowError, ConcurrentUpdate):
-            self.store.apply(workflow.expire(record, now), expected_version=record.version)
+            self.store.apply(
+                workflow.expire(record, now, redactor=self.redactor), expected_version=record.version
+            )
 
     # --- grants -------------------------------------------------------------------------------------
 
