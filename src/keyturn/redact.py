@@ -115,7 +115,12 @@ def mask(text: str, replacement: str = "[redacted]") -> str:
         if not (text[start].isalnum() or text[start] in "_./-"):
             start += 1  # the separator before a `password=` (`&`, `;`, a space) is not the secret
         scheme = text.find("://", start, end)
-        if scheme != -1 and text[end - 1] == "@":
+        if text.startswith("-----BEGIN", start):
+            # a key block: through its END line (or the end of the text, if cut short)
+            close = text.find("-----END", end)
+            close = text.find("-----", close + 8) if close != -1 else -1
+            end = close + 5 if close != -1 else len(text)
+        elif scheme != -1 and text[end - 1] == "@":
             start, end = scheme + 3, end - 1  # a URL's user:password, keeping scheme and host readable
         else:
             while end < len(text) and not text[end].isspace() and text[end] not in "&;,\"'":
