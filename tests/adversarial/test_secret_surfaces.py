@@ -90,11 +90,12 @@ def _show(server: LiveServer, request_ids: list[str], monkeypatch: pytest.Monkey
     from typer.testing import CliRunner
 
     from keyturn import cli
+    from keyturn.commands import output
 
     monkeypatch.setenv("KEYTURN_URL", server.url)
     monkeypatch.setenv("KEYTURN_TOKEN", server.tokens[ALICE])
     # wide: rich must not fold a value over two lines, which would hide it from the search
-    monkeypatch.setattr(cli.console, "width", 4000)
+    monkeypatch.setattr(output.console, "width", 4000)
     runner = CliRunner()
     out = {}
     for request_id in request_ids:
