@@ -46,8 +46,9 @@ def _key_file(server: LiveServer, kid: str) -> str:
     return str(server.workdir / "data" / "redaction" / f"{kid}.key")
 
 
-def test_keyed_digests_from_ledger_to_auditor(live_servers: Any, tmp_path: Path) -> None:
-    server: LiveServer = live_servers(policy=POLICY)
+def test_keyed_digests_from_ledger_to_auditor(live_servers: Any, tmp_path: Path, database_url: str) -> None:
+    """On SQLite and PostgreSQL: the digest is made before the store sees the event."""
+    server: LiveServer = live_servers(policy=POLICY, database_url=database_url)
     with server.client(BOT) as bot:
         first = bot.submit("db.export", "postgres://prod/customers", {"rows": 1, "pin": PIN})["id"]
     events = _export(server, tmp_path / "bundle")
