@@ -217,10 +217,10 @@ def main() -> None:
         )
     out()
     out(
-        "Past 1–2 MB the cost per KB steps up (about 6–13 µs/KB on this machine) and stays there: a separate "
-        "run measured 8.0, 7.0, 9.7 and 7.3 µs/KB at 2, 4, 8 and 16 MB; a larger RE2 memory budget "
-        "(max_mem 512 MB) halves the step, so it is the automaton's state cache and the memory system, "
-        "not backtracking. Still linear."
+        "Past 1 to 2 MB the cost per KB steps up (about 6 to 13 µs/KB on this machine) and stays "
+        "there: a separate run measured 8.0, 7.0, 9.7 and 7.3 µs/KB at 2, 4, 8 and 16 MB; a larger "
+        "RE2 memory budget (max_mem 512 MB) halves the step, so it is the automaton's state cache and "
+        "the memory system, not backtracking. Still linear."
     )
     RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"\nwrote {RESULTS}")
