@@ -66,7 +66,7 @@ SECRET_VALUE_PATTERNS: tuple[tuple[str, str], ...] = (
     (
         "secret assigned to a secret-named key",
         r"(?i)(?:^|[^a-z0-9_./-])[a-z0-9_.-]*?(?:" + _ASSIGNED_NAMES + r")[\"']?[ \t]*[:=][ \t]*"
-        r"[\"'{]?[^\s\"'&;,{}/]",
+        r"[\"'{]?[^\s\"'&;,{}/\[<]",  # not a placeholder: [redacted], [secret X], <password>
     ),
     (
         "Authorization header",

@@ -151,6 +151,8 @@ SECRETS: dict[str, tuple[str, str]] = {
 # name -> text that looks like one but carries no secret.
 NEAR_MISSES: dict[str, str] = {
     "principal id": "user:alice@example.com",
+    "scrubbed placeholder": "curl -H 'token: [secret DEPLOY_TOKEN]' refused",
+    "template placeholder": "password=<your password>",
     "email address": "alice@example.com",
     "mailto": "mailto:alice@example.com",
     "url without credentials": "https://example.com:8443/path?q=1",
