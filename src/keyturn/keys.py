@@ -14,6 +14,11 @@ a temporary name and then linked into place, and the first `current` pointer is 
 which fails if another process won the race — the loser discards its key and reads the winner's. Rotation
 replaces `current` atomically (`os.replace`); the older keys stay in the directory as *retired* keys, so
 grants and checkpoints they signed can still be verified.
+
+The redaction key (HMAC-SHA256, for the keyed digests of redacted values: `keyturn.redact`) lives beside
+them in ``data_dir/redaction/`` (``<kid>.key`` 0600, ``current``), written the same race-safe way, and is
+reached only through `KeyRing.redaction_key()` / `redaction_keys()`, so it moves wherever the signing keys
+move (e.g. into the database that replicas share). It is not a purpose: no public key, not in the JWK set.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keyturn.redact import RedactionKey, Redactor
+
 PURPOSES = ("grant", "ledger")
+REDACTION_DIR = "redaction"  # HMAC key(s) for redaction digests; not a signing purpose
+_REDACTION_FILE = re.compile(r"^([A-Za-z0-9_-]{16})\.key$")
 _PURPOSE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _KID_FILE = re.compile(r"^([A-Za-z0-9_-]{43})\.pem$")
 _CURRENT = "current"
@@ -84,6 +93,7 @@ class KeyRing:
         self.data_dir = Path(data_dir)
         _make_private_dir(self.data_dir)
         self._states: dict[str, _PurposeState] = {}
+        self._redaction_cache: tuple[tuple[Any, ...], RedactionKey, dict[str, RedactionKey]] | None = None
         self._lock = threading.Lock()
 
     # --- public interface ---------------------------------------------------------------------------
@@ -131,7 +141,69 @@ class KeyRing:
     def purposes(self) -> list[str]:
         """The standard purposes plus any other purpose directory found on disk."""
         found = {p.name for p in self.data_dir.iterdir() if p.is_dir() and _PURPOSE_PATTERN.match(p.name)}
-        return [*PURPOSES, *sorted(found - set(PURPOSES))]
+        return [*PURPOSES, *sorted(found - set(PURPOSES) - {REDACTION_DIR})]
+
+    # --- the redaction key (HMAC) ---------------------------------------------------------------------
+
+    def redaction_key(self) -> RedactionKey:
+        """The current key for the keyed digests of redacted values, generated on first use."""
+        current, _ = self._redaction_state()
+        return current
+
+    def redaction_keys(self) -> dict[str, RedactionKey]:
+        """kid -> key, the current one and every retired one (to check digests made before a rotation)."""
+        _, keys = self._redaction_state()
+        return dict(keys)
+
+    def redactor(self) -> Redactor:
+        """The redactor the server passes to the workflow and the views: current key, all keys known."""
+        current, keys = self._redaction_state()
+        return Redactor(key=current, keys=keys)
+
+    def rotate_redaction_key(self) -> RedactionKey:
+        """A new current redaction key; the older ones stay on disk so their digests can still be checked."""
+        directory = self._redaction_dir()
+        key = _write_new_redaction_key(directory)
+        tmp = _write_temp(directory, (key.kid + "\n").encode("ascii"), 0o644)
+        os.replace(tmp, directory / _CURRENT)
+        return key
+
+    def _redaction_dir(self) -> Path:
+        directory = self.data_dir / REDACTION_DIR
+        _make_private_dir(directory)
+        return directory
+
+    def _redaction_state(self) -> tuple[RedactionKey, dict[str, RedactionKey]]:
+        directory = self._redaction_dir()
+        if not (directory / _CURRENT).exists():
+            key = _write_new_redaction_key(directory)
+            tmp = _write_temp(directory, (key.kid + "\n").encode("ascii"), 0o644)
+            try:
+                os.link(tmp, directory / _CURRENT)
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):  # another process won: its key is current
+                    (directory / f"{key.kid}.key").unlink()
+            finally:
+                tmp.unlink()
+        for _ in range(5):
+            current_stat = (directory / _CURRENT).stat()
+            names = tuple(sorted(n for n in os.listdir(directory) if _REDACTION_FILE.match(n)))
+            fingerprint = (current_stat.st_ino, current_stat.st_mtime_ns, names)
+            with self._lock:
+                cached = self._redaction_cache
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1], cached[2]
+            current_kid = (directory / _CURRENT).read_text(encoding="ascii").strip()
+            keys: dict[str, RedactionKey] = {}
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    key = load_redaction_key(directory / name)
+                    keys[key.kid] = key
+            if current_kid in keys:
+                with self._lock:
+                    self._redaction_cache = (fingerprint, keys[current_kid], keys)
+                return keys[current_kid], keys
+        raise KeyRingError(f"{directory / _CURRENT}: names key {current_kid!r}, which is not in {directory}")
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -276,3 +348,50 @@ def _make_private_dir(path: Path) -> None:
             raise KeyRingError(f"{path}: exists and is not a directory") from None
         return
     os.chmod(path, 0o700)
+
+
+# --- redaction keys -------------------------------------------------------------------------------------
+
+_REDACTION_HEADER = "# keyturn redaction key "
+
+
+def redaction_kid(secret: bytes) -> str:
+    """A key id derived from the key (stable across processes); 96 bits of a hash reveal nothing of it."""
+    return b64url(hashlib.sha256(b"keyturn redaction key id\x00" + secret).digest())[:16]
+
+
+def load_redaction_key(path: Path) -> RedactionKey:
+    """Read a redaction key file (what `keyturn ledger check-value --key-file` takes, too)."""
+    info = path.stat()
+    if info.st_mode & 0o077:
+        raise KeyRingError(
+            f"{path}: redaction key file is accessible to group/others (mode {stat.filemode(info.st_mode)}); "
+            f"run `chmod 600 {path}`"
+        )
+    lines = [
+        line.strip()
+        for line in path.read_text(encoding="ascii", errors="replace").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    try:
+        if len(lines) != 1:
+            raise ValueError("expected one line of base64url")
+        secret = base64.urlsafe_b64decode(lines[0] + "=" * (-len(lines[0]) % 4))
+    except ValueError as exc:
+        raise KeyRingError(f"{path}: not a keyturn redaction key ({exc})") from exc
+    if len(secret) != 32:
+        raise KeyRingError(f"{path}: a redaction key is 32 bytes, this one is {len(secret)}")
+    return RedactionKey(kid=redaction_kid(secret), secret=secret)
+
+
+def _write_new_redaction_key(directory: Path) -> RedactionKey:
+    secret = secrets.token_bytes(32)
+    kid = redaction_kid(secret)
+    created = datetime.now(UTC).replace(microsecond=0)
+    content = f"{_REDACTION_HEADER}{kid}\n{_CREATED_PREFIX}{created.isoformat()}\n{b64url(secret)}\n"
+    tmp = _write_temp(directory, content.encode("ascii"), 0o600)
+    try:
+        os.link(tmp, directory / f"{kid}.key")
+    finally:
+        tmp.unlink()
+    return RedactionKey(kid=kid, secret=secret)

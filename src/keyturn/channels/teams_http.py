@@ -250,7 +250,7 @@ async def _invoke(
         return await _refused(svc, principal, request_id, reason)
     # Bring the message up to date for everyone in the conversation now (the refresh and the outbox do
     # too; an update is idempotent), and show the clicker the new card.
-    view = request_view(record, base_url=svc.settings.base_url)
+    view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
     if activity.reply_to_id:
         try:
             await inbound.channel.update_card(
@@ -281,7 +281,7 @@ async def _current(
 
 
 def _card(svc: Keyturn, record: RequestRecord, *, notice: str | None = None) -> Answer:
-    view = request_view(record, base_url=svc.settings.base_url)
+    view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
     return AdaptiveCardActionCardResponse(value=build_card(view, notice=notice))
 
 

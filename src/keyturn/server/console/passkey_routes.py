@@ -169,7 +169,7 @@ async def review_options(
         )
     try:
         record = svc.get(s.principal, request_id)
-        view = request_view(record, base_url=svc.settings.base_url)
+        view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
         changes = _changes(form, _editable_fields(view)) if decision == "approve" else None
         document = review_statement(svc, s.principal, request_id, decision, changes)
     except ServiceError as exc:

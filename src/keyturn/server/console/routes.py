@@ -244,7 +244,7 @@ def _queue(svc: Keyturn, who: Principal, action: str, mine: bool) -> list[dict[s
         records = [r for r in records if who.id in (r.request.requester.id, r.request.on_behalf_of)]
     else:
         records, _ = svc.list(who, status=Status.PENDING, reviewable=True, limit=QUEUE_LIMIT, cursor=None)
-    views = [request_view(r, base_url=svc.settings.base_url) for r in records]
+    views = [request_view(r, base_url=svc.settings.base_url, redactor=svc.redactor) for r in records]
     if action:
         views = [v for v in views if action.casefold() in v["action"].casefold()]
     return views
@@ -334,7 +334,7 @@ def _request_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     record = svc.get(who, request_id)
-    view = request_view(record, base_url=svc.settings.base_url)
+    view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
     return page(
         con,
         request,
@@ -380,7 +380,7 @@ async def review(request_id: str, request: Request, con: ConsoleDep, svc: Servic
     def act() -> Response:
         try:
             record = svc.get(who, request_id)
-            view = request_view(record, base_url=svc.settings.base_url)
+            view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
             changes = _changes(form, _editable_fields(view)) if decision is ReviewDecision.APPROVE else None
             signer = who
             assertion = form.get("assertion")
