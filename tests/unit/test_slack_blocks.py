@@ -111,7 +111,7 @@ def test_step_up_route_approve_is_a_link_to_the_review_url() -> None:
     assert validate_blocks(blocks) == []
     buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
     approve = next(b for b in buttons if b["action_id"] == OPEN_CONSOLE)
-    assert approve["url"] == "https://keyturn.example/v1/actions/req_1" and "value" not in approve
+    assert approve["url"] == "https://keyturn.example/console/requests/req_1" and "value" not in approve
     assert APPROVE not in action_ids(blocks)
 
 
