@@ -41,6 +41,7 @@ from keyturn.model import (
     Route,
     Status,
     Verdict,
+    fold_principal_id,
     params_digest,
     same_identity,
 )
@@ -276,7 +277,7 @@ def review(
         )
         current = new_params
     digest = params_digest(current)
-    if any(r.reviewer == reviewer.id and r.params_digest == digest for r in record.reviews):
+    if any(same_identity(r.reviewer, reviewer.id) and r.params_digest == digest for r in record.reviews):
         # Approving again is only meaningful after someone else edited the params.
         raise AlreadyReviewed(f"{reviewer.id} has already approved these params")
     entry = Review(
@@ -393,7 +394,11 @@ def _assignment(requirements: Sequence[Requirement], approvals: Sequence[Review]
     """
     slots = [i for i, req in enumerate(requirements) for _ in range(req.count)]
     slot_owner: dict[int, str] = {}
-    groups = {a.reviewer: a.reviewer_groups for a in approvals}
+    # Keyed by the canonical id: one human counts once, whatever spelling a stored review has.
+    groups: dict[str, frozenset[str]] = {}
+    for approval in approvals:
+        who = fold_principal_id(approval.reviewer)
+        groups[who] = groups.get(who, frozenset()) | approval.reviewer_groups
 
     def fits(who: str, slot: int) -> bool:
         return bool(groups[who] & set(requirements[slots[slot]].groups))
@@ -445,7 +450,7 @@ def effective_params(record: RequestRecord) -> dict[str, Any]:
 
 
 def cancel(record: RequestRecord, actor: Principal, now: datetime, reason: str = "") -> Transition:
-    if actor.id != record.request.requester.id:
+    if not same_identity(actor.id, record.request.requester.id):
         raise NotRequester(f"only the requester ({record.request.requester.id}) can cancel this request")
     _require_pending(record, now)
     record = _bump(record, now, status=Status.CANCELLED)
@@ -556,7 +561,7 @@ def report_result(
 ) -> Transition:
     if record.status is not Status.EXECUTING:
         raise ResultRefused(f"request {record.id} is {record.status.value}, not executing")
-    if actor.id not in (record.executor, record.request.requester.id):
+    if not (same_identity(actor.id, record.executor) or same_identity(actor.id, record.request.requester.id)):
         raise ResultRefused(f"only the requester or the executor can report the result of {record.id}")
     status = Status.SUCCEEDED if succeeded else Status.FAILED
     result = {"status": status.value, "output_digest": output_digest, "detail": detail}
@@ -582,7 +587,7 @@ def invariant_violations(record: RequestRecord) -> list[str]:
             problems.append("a deny without reason")
         if record.expires_at is not None and entry.at >= record.expires_at:
             problems.append("a review after expiry")
-    if len({(r.reviewer, r.params_digest) for r in record.reviews}) != len(record.reviews):
+    if len({(fold_principal_id(r.reviewer), r.params_digest) for r in record.reviews}) != len(record.reviews):
         problems.append("one human reviewed the same params twice")
     if record.status is Status.APPROVED or (
         record.status in (Status.EXECUTING, Status.SUCCEEDED, Status.FAILED)

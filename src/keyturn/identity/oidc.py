@@ -24,7 +24,7 @@ import jwt
 
 from keyturn.config import IssuerSettings
 from keyturn.identity.errors import AuthenticationError
-from keyturn.model import Principal, PrincipalKind
+from keyturn.model import Principal, PrincipalKind, canonical_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
@@ -181,14 +181,19 @@ class IssuerVerifier:
         subject = _claim(claims, self.settings.subject_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthenticationError(f"{INVALID_TOKEN}: no {self.settings.subject_claim!r} claim")
-        if self.settings.subject_claim == "email":
-            # An email is an identity only when the provider vouches for it: some providers let users set
-            # an unverified address, which would otherwise impersonate a listed approver or auditor.
-            if claims.get("email_verified") is not True:
-                raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
-            subject = subject.casefold()  # one person, one principal, however the provider spells it
+        # An email is an identity only when the provider vouches for it: some providers let users set an
+        # unverified address, which would otherwise impersonate a listed approver or auditor.
+        if self.settings.subject_claim == "email" and claims.get("email_verified") is not True:
+            raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
+        try:
+            # One person, one principal, however the provider spells it (keyturn.model): the same canonical
+            # form as the users file and every other credential; an ambiguous subject is no identity.
+            principal_id = canonical_principal_id(self.prefix + subject)
+        except ValueError as exc:
+            raise AuthenticationError(
+                f"{INVALID_TOKEN}: {self.settings.subject_claim!r} claim: {exc}"
+            ) from None
         groups = _groups(_claim(claims, self.settings.groups_claim))
-        principal_id = self.prefix + subject
         roles: frozenset[Any] = frozenset()
         # Roles (admin, auditor) are keyturn's, not the identity provider's: they come from the users file
         # entry of the same id, as do extra groups given there.
