@@ -229,6 +229,7 @@ class Route(Frozen):
     step_up: bool = False
     grant_ttl: timedelta = timedelta(minutes=5)
     secrets: tuple[str, ...] = ()  # names of brokered secrets handed over with the grant
+    executors: tuple[str, ...] = ()  # who may consume the grant ("agent:x", "group:ci"); () = the requester
 
     def describe(self) -> str:
         return " and ".join(r.describe() for r in self.requirements)
@@ -254,6 +255,7 @@ class Verdict(Frozen):
     policy_revision: str = ""
     grant_ttl: timedelta = timedelta(minutes=5)  # for allow; review uses route.grant_ttl
     secrets: tuple[str, ...] = ()  # for allow; review uses route.secrets
+    executors: tuple[str, ...] = ()  # for allow; review uses route.executors
     # What every matching rule asks to redact, whatever decision won: a deny that outranks a review rule
     # must not drop that rule's redactions (the submitted event is written either way).
     redact: tuple[str, ...] = ()
@@ -266,6 +268,11 @@ class Verdict(Frozen):
     def brokered_secrets(self) -> tuple[str, ...]:
         """Names of the brokered secrets handed to the executor with the grant."""
         return self.route.secrets if self.route else self.secrets
+
+    @property
+    def grant_executors(self) -> tuple[str, ...]:
+        """Who may consume the grant instead of the requester (`agent:x`, `group:ci`); () = the requester."""
+        return self.route.executors if self.route else self.executors
 
     @property
     def redactions(self) -> tuple[str, ...]:
@@ -376,6 +383,7 @@ class EventType(StrEnum):
     GRANT_ISSUED = "grant.issued"
     GRANT_CONSUMED = "grant.consumed"
     GRANT_EXPIRED = "grant.expired"
+    GRANT_REFUSED = "grant.refused"  # presented by someone the grant is not bound to
     SUCCEEDED = "request.succeeded"
     FAILED = "request.failed"
 

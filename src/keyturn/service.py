@@ -329,9 +329,15 @@ class Keyturn:
         )
 
         handed_over: dict[str, str] = {}
+        not_holder: list[workflow.GrantNotHolder] = []
 
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
-            transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
+            not_holder.clear()
+            try:
+                transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
+            except workflow.GrantNotHolder as refused:
+                not_holder.append(refused)
+                return refused.refusal  # a grant presented by someone else: ledger it, then refuse
             # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
             # over must leave the grant unused, not strand the request in `executing` with nothing to run.
             handed_over.update(self._resolve_secrets(record.verdict.brokered_secrets))
@@ -342,6 +348,9 @@ class Keyturn:
         except ServiceError:
             metrics.GRANTS.labels(outcome="refused").inc()
             raise
+        if not_holder:
+            metrics.GRANTS.labels(outcome="refused").inc()
+            raise Forbidden(not_holder[0].message, {"code": not_holder[0].code, "field": "grant"})
         metrics.GRANTS.labels(outcome="consumed").inc()
         params = record.approved_params if record.approved_params is not None else record.request.params
         return Consumed(record=record, params=params, secrets=handed_over)

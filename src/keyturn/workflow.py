@@ -124,6 +124,17 @@ class GrantExpired(GrantRefused):
     code = "grant_expired"
 
 
+class GrantNotHolder(GrantRefused):
+    """The grant is bound to another principal. `refusal` is the transition that ledgers the attempt: the
+    caller applies it (the request's state does not change, only its version) and then refuses."""
+
+    code = "grant_not_holder"
+
+    def __init__(self, message: str, refusal: Transition) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
 class ResultRefused(WorkflowError):
     code = "result_refused"
 
@@ -521,10 +532,28 @@ def due_transition(record: RequestRecord, now: datetime) -> Transition:
 def consume_grant(
     record: RequestRecord, presented: GrantPresentation, executor: Principal, now: datetime
 ) -> Transition:
-    """Flip an allowed/approved request to executing. The store applies it with a conditional update."""
+    """Flip an allowed/approved request to executing. The store applies it with a conditional update.
+
+    A grant binds its holder: the requester, or the executors the policy names instead (principal ids or
+    `group:NAME`). Anyone else presenting it is refused with `GrantNotHolder`, whose refusal is ledgered.
+    """
     grant = record.grant
     if grant is None or grant.id != presented.grant_id or presented.request_id != record.id:
         raise GrantMismatch("this grant does not belong to this request")
+    if not may_consume(record, executor):
+        named = record.verdict.grant_executors
+        holders = ", ".join(named) if named else f"its requester {record.request.requester.id}"
+        reason = f"grant {grant.id} is bound to {holders}; {executor.id} may not consume it"
+        payload = {
+            "grant_id": grant.id,
+            "presented_by": executor.id,
+            "presented_by_groups": sorted(executor.groups),
+            "bound_to": list(named) or [record.request.requester.id],
+            "reason": reason,
+        }
+        refused = record.model_copy(update={"version": record.version + 1})  # nothing else changes
+        event = _event(EventType.GRANT_REFUSED, executor.id, refused, now, payload)
+        raise GrantNotHolder(reason, Transition(refused, (event,)))
     if grant.consumed_at is not None:
         raise GrantAlreadyConsumed(f"grant {grant.id} was already consumed")
     if not record.status.runnable:
@@ -548,6 +577,20 @@ def consume_grant(
     )
     payload = {"grant_id": grant.id, "params_digest": grant.params_digest, "executor": executor.id}
     return Transition(record, (_event(EventType.GRANT_CONSUMED, executor.id, record, now, payload),))
+
+
+def may_consume(record: RequestRecord, executor: Principal) -> bool:
+    """Whether `executor` is a holder of the request's grant (see `consume_grant`)."""
+    named = record.verdict.grant_executors
+    if not named:
+        return same_identity(executor.id, record.request.requester.id)
+    for entry in named:
+        if entry.startswith("group:"):
+            if entry.removeprefix("group:") in executor.groups:
+                return True
+        elif same_identity(entry, executor.id):
+            return True
+    return False
 
 
 def report_result(
