@@ -61,6 +61,7 @@ class Authentication(Frozen):
     at: datetime | None = None
     amr: tuple[str, ...] = ()  # OIDC authentication methods references, as the provider said them
     acr: str | None = None
+    expires_at: datetime | None = None  # when the credential stops being valid (a JWT's `exp`), if it says
 
 
 class Principal(Frozen):

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ import jwt
 
 from keyturn.config import IssuerSettings
 from keyturn.identity.errors import AuthenticationError
-from keyturn.model import Principal, PrincipalKind, canonical_principal_id
+from keyturn.model import Authentication, AuthMethod, Principal, PrincipalKind, canonical_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
@@ -208,7 +209,30 @@ class IssuerVerifier:
             groups=groups,
             roles=roles,
             display_name=name if isinstance(name, str) else None,
+            authn=_authentication(claims, self.kind),
         )
+
+
+def _authentication(claims: dict[str, Any], kind: PrincipalKind) -> Authentication:
+    """How the token says its subject authenticated, and until when it is valid (long-lived streams close
+    then: keyturn.identity.recheck)."""
+    auth_time, exp, amr, acr = (claims.get(k) for k in ("auth_time", "exp", "amr", "acr"))
+    return Authentication(
+        method=AuthMethod.OIDC if kind is PrincipalKind.HUMAN else AuthMethod.WORKLOAD_JWT,
+        at=_timestamp(auth_time),
+        amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
+        acr=acr if isinstance(acr, str) else None,
+        expires_at=_timestamp(exp),
+    )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _claim(claims: dict[str, Any], name: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from keyturn.identity import AuthorizationError
+from keyturn.identity.recheck import CredentialWatch
 from keyturn.model import Principal, PrincipalKind, Role
 from keyturn.service import Keyturn
 
@@ -24,6 +25,14 @@ def principal(
     """The caller, from `Authorization: Bearer …` or `X-API-Key`. Never from the body."""
     who: Principal = request.app.state.authenticator.authenticate(authorization, x_api_key)
     return who
+
+
+def watch_credential(request: Request, who: Principal) -> CredentialWatch:
+    """For a stream or a long-poll: the caller, re-authenticated from the same headers as time passes."""
+    authenticator = request.app.state.authenticator
+    authorization = request.headers.get("authorization")
+    x_api_key = request.headers.get("x-api-key")
+    return CredentialWatch(lambda: authenticator.authenticate(authorization, x_api_key), who)
 
 
 def human(who: Annotated[Principal, Depends(principal)]) -> Principal:
