@@ -168,6 +168,9 @@ class ActionRequest(Frozen):
     context: dict[str, Any] = Field(default_factory=dict)
     requester: Principal
     on_behalf_of: str | None = None
+    # True when the agent proved `on_behalf_of` with a token-exchange token (RFC 8693) naming it as actor;
+    # False when it only asserted it.
+    on_behalf_of_verified: bool = False
     idempotency_key: str | None = None
 
     @field_validator("on_behalf_of")

@@ -106,6 +106,7 @@ class Submission:
     context: dict[str, Any] = field(default_factory=dict)
     on_behalf_of: str | None = None
     idempotency_key: str | None = None
+    on_behalf_of_verified: bool = False  # proven by a token-exchange token (keyturn.identity)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Keyturn:
             context=submission.context,
             requester=principal,
             on_behalf_of=submission.on_behalf_of,
+            on_behalf_of_verified=submission.on_behalf_of_verified,
             idempotency_key=submission.idempotency_key,
         )
         now = self.clock()

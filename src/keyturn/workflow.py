@@ -724,6 +724,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
         "requester": request.requester.id,
         "requester_kind": request.requester.kind.value,
         "on_behalf_of": request.on_behalf_of,
+        "on_behalf_of_verified": request.on_behalf_of_verified,
         "justification": document["justification"],
         "params": document["params"],
         "context": document["context"],

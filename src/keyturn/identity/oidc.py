@@ -147,6 +147,10 @@ class IssuerVerifier:
         self.prefix = settings.id_prefix or ("user:" if self.kind is PrincipalKind.HUMAN else "agent:")
 
     def authenticate(self, token: str, header: dict[str, Any]) -> Principal:
+        return self._principal(self.verify(token, header))
+
+    def verify(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+        """The claims of a token this issuer signed for keyturn (signature, iss, aud, exp, nbf checked)."""
         alg = header.get("alg")
         if alg not in ASYMMETRIC_ALGORITHMS:
             raise AuthenticationError(f"{INVALID_TOKEN}: algorithm {alg!r} is not accepted")
@@ -176,6 +180,10 @@ class IssuerVerifier:
             raise AuthenticationError(f"{INVALID_TOKEN}: not valid yet") from None
         except jwt.PyJWTError:
             raise AuthenticationError(INVALID_TOKEN) from None
+        return claims
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        """The principal verified claims name (the subject of an on-behalf-of token, for one)."""
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:

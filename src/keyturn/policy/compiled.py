@@ -255,7 +255,9 @@ class CompiledPolicy:
         return Explanation(tuple(out), verdict)
 
 
-_ALL_VARIABLES = frozenset({"action", "resource", "params", "requester", "on_behalf_of", "context", "now"})
+_ALL_VARIABLES = frozenset(
+    {"action", "resource", "params", "requester", "on_behalf_of", "on_behalf_of_verified", "context", "now"}
+)
 
 
 def combine_routes(rules: Sequence[CompiledRule]) -> Route:
@@ -326,6 +328,8 @@ def _variables(request: ActionRequest, now: datetime, names: Iterable[str]) -> d
             out[name] = request.context
         elif name == "on_behalf_of":
             out[name] = request.on_behalf_of
+        elif name == "on_behalf_of_verified":
+            out[name] = request.on_behalf_of_verified
         elif name == "requester":
             r = request.requester
             out[name] = {"id": r.id, "kind": r.kind.value, "groups": sorted(r.groups)}

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from keyturn.identity import AuthorizationError
+from keyturn.identity.authenticator import ON_BEHALF_OF_HEADER
 from keyturn.identity.recheck import CredentialWatch
-from keyturn.model import Principal, PrincipalKind, Role
+from keyturn.model import Principal, PrincipalKind, Role, same_identity
 from keyturn.service import Keyturn
 
 
@@ -33,6 +34,19 @@ def watch_credential(request: Request, who: Principal) -> CredentialWatch:
     authorization = request.headers.get("authorization")
     x_api_key = request.headers.get("x-api-key")
     return CredentialWatch(lambda: authenticator.authenticate(authorization, x_api_key), who)
+
+
+def on_behalf_of(request: Request, who: Principal, asserted: str | None) -> tuple[str | None, bool]:
+    """`(on_behalf_of, verified)`: proven by the token in `X-Keyturn-On-Behalf-Of-Token`, else as asserted."""
+    token = request.headers.get(ON_BEHALF_OF_HEADER)
+    if token is None:
+        return asserted, False
+    human_id: str = request.app.state.authenticator.verify_on_behalf_of(token.strip(), who)
+    if asserted is not None and not same_identity(asserted, human_id):
+        raise AuthorizationError(
+            f"on_behalf_of is {asserted} but {ON_BEHALF_OF_HEADER} proves {human_id}; they must agree"
+        )
+    return human_id, True
 
 
 def human(who: Annotated[Principal, Depends(principal)]) -> Principal:

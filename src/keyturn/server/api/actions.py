@@ -16,7 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 from keyturn.identity import AuthenticationError
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
 from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
-from keyturn.server.deps import Caller, Human, Service, watch_credential
+from keyturn.server.deps import Caller, Human, Service, on_behalf_of, watch_credential
 from keyturn.service import Keyturn, ServiceError, Submission
 from keyturn.views import request_view
 
@@ -36,8 +36,11 @@ def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool
 
 
 @router.post("", status_code=201, summary="Submit an action request")
-def submit(body: SubmitBody, who: Caller, svc: Service) -> dict[str, Any]:
-    record = svc.submit(who, Submission(**body.model_dump()))
+def submit(body: SubmitBody, request: Request, who: Caller, svc: Service) -> dict[str, Any]:
+    """`X-Keyturn-On-Behalf-Of-Token` (an RFC 8693 token naming the caller as `act`) proves on_behalf_of."""
+    fields = body.model_dump()
+    fields["on_behalf_of"], fields["on_behalf_of_verified"] = on_behalf_of(request, who, body.on_behalf_of)
+    record = svc.submit(who, Submission(**fields))
     return render(svc, who, record)
 
 
