@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from support.live import DEFAULT_POLICY
-from support.oidc import AUDIENCE, IdentityProvider, SigningKeyPair, running_provider
+from support.oidc import AUDIENCE, RSA_KEY_2, IdentityProvider, SigningKeyPair, running_provider
 
 HEADER = "X-Keyturn-On-Behalf-Of-Token"
 POLICY = (
@@ -113,7 +113,7 @@ def test_a_self_asserted_on_behalf_of_is_recorded_as_such(server: Any) -> None:
         (lambda idp: exchanged(idp, iss="https://evil.example"), "issuer is not trusted"),
         (
             lambda idp: idp.token(
-                SigningKeyPair("rsa-1", "RS256", _other_key()), act={"sub": "agent:deploy-bot"}
+                SigningKeyPair("rsa-1", "RS256", RSA_KEY_2), act={"sub": "agent:deploy-bot"}
             ),
             "",
         ),
@@ -131,9 +131,3 @@ def test_a_token_that_does_not_prove_it_is_refused(
 def test_the_body_cannot_contradict_the_token(server: Any, idp: IdentityProvider) -> None:
     refused = submit(server, {HEADER: exchanged(idp)}, on_behalf_of="user:bob@example.com")
     assert refused.status_code == 403 and "must agree" in refused.json()["error"]["message"]
-
-
-def _other_key() -> Any:
-    from support.oidc import RSA_KEY_2
-
-    return RSA_KEY_2
