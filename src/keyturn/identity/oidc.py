@@ -222,15 +222,20 @@ class IssuerVerifier:
 
 
 def _authentication(claims: dict[str, Any], kind: PrincipalKind) -> Authentication:
-    """How the token says its subject authenticated, and until when it is valid (long-lived streams close
-    then: keyturn.identity.recheck)."""
-    auth_time, exp, amr, acr = (claims.get(k) for k in ("auth_time", "exp", "amr", "acr"))
+    """How the token's subject authenticated, and until when the token is valid. `auth_time` is when the
+    human last logged in at the identity provider (OIDC Core §2): what a step-up route's max age is checked
+    against, by keyturn itself. `exp` is when long-lived streams close (keyturn.identity.recheck)."""
+    expires_at = _timestamp(claims.get("exp"))
+    if kind is PrincipalKind.AGENT:
+        return Authentication(method=AuthMethod.WORKLOAD_JWT, expires_at=expires_at)
+    amr = claims.get("amr")
+    acr = claims.get("acr")
     return Authentication(
-        method=AuthMethod.OIDC if kind is PrincipalKind.HUMAN else AuthMethod.WORKLOAD_JWT,
-        at=_timestamp(auth_time),
-        amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
+        method=AuthMethod.OIDC,
+        at=_timestamp(claims.get("auth_time")),
+        amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
         acr=acr if isinstance(acr, str) else None,
-        expires_at=_timestamp(exp),
+        expires_at=expires_at,
     )
 
 

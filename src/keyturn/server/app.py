@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(app.state, settings, store, keyring):
+            async with running_checkpointer(settings, store, keyring, svc.live_ledger.tree):
                 yield
         finally:
             timers.cancel()

@@ -93,7 +93,7 @@ async def wait(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     watch = watch_credential(request, who)
-    async with svc.store.feed.subscribe(request_id) as changes:
+    async with svc.changes(request_id) as changes:
         while True:
             who = await watch.principal()
             record = await to_thread.run_sync(svc.get, who, request_id)
@@ -112,7 +112,7 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last_version = -1
-        async with svc.store.feed.subscribe(request_id) as changes:
+        async with svc.changes(request_id) as changes:
             while not await request.is_disconnected():
                 try:
                     caller = await watch.principal()  # a revoked or expired credential ends the stream
