@@ -355,13 +355,13 @@ def test_edited_params_are_what_the_grant_binds(server: LiveServer) -> None:
     assert approved["status"] == "approved"
     assert approved["approved_params"] == {"rows": 500, "table": "customers"}
     grant = ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))["grant"]
-    consumed = ok(call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}))
+    consumed = ok(call(server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}))  # its holder
     assert consumed["params"] == {"rows": 500, "table": "customers"}
     assert consumed["edited"] is True
     # alice may read the request, but only the executor or the requester report what happened
     result = {"status": "succeeded"}
     error(call(server, ALICE, "POST", f"/v1/actions/{request_id}/result", json=result), 403, "not_executor")
-    ok(call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=result))
+    ok(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json=result))
     history = ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))["history"]
     edit = next(e for e in history if e["type"] == "request.params_edited")
     assert edit["payload"]["before"]["rows"] == 5000 and edit["payload"]["after"]["rows"] == 500
@@ -392,7 +392,7 @@ def test_consume_exactly_once_then_report_the_result(server: LiveServer) -> None
         409,
         "result_refused",
     )
-    consumed = ok(call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}))
+    consumed = ok(call(server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}))  # its holder
     assert consumed == {
         "request_id": request_id,
         "status": "executing",
