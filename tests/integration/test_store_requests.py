@@ -236,7 +236,9 @@ def test_grant_row_guards_consumption_even_when_the_version_matches(
             .where(grants.c.id == record.grant.id)
             .values(consumed_at=factory.now, consumed_by="x")
         )
-    consume = workflow.consume_grant(record, presentation(record), factory.human("runner"), factory.tick())
+    consume = workflow.consume_grant(
+        record, presentation(record), factory.agent, factory.tick()
+    )  # its holder
     with pytest.raises(ConcurrentUpdate):
         store.apply(consume, expected_version=record.version)
     assert store.get(record.id) == record
