@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyturn.model import canonical_json_problem
+from keyturn.model import canonical_json_problem, canonical_principal_id
 
 ACTION_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_*-]+)*$"
 
@@ -39,6 +39,12 @@ class SubmitBody(Body):
         examples=["user:alice@example.com"],
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("on_behalf_of")
+    @classmethod
+    def _canonical_on_behalf_of(cls, value: str | None) -> str | None:
+        # the one canonical form of principal ids (keyturn.model); an ambiguous id is refused here
+        return None if value is None else canonical_principal_id(value)
 
 
 class RequesterBody(Body):
