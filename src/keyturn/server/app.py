@@ -40,7 +40,10 @@ def create_app(settings: Settings) -> FastAPI:
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(app.state, settings, store, keyring):
+            async with (
+                system.Readiness(store).running() as app.state.readiness,
+                running_checkpointer(app.state, settings, store, keyring),
+            ):
                 yield
         finally:
             timers.cancel()

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keyturn import metrics
 from keyturn.identity import AuthenticationError, AuthorizationError
 from keyturn.service import ServiceError
-from keyturn.store import StoreUnavailable
+from keyturn.store import StorageFull, StoreUnavailable, unavailable_from
 
 log = logging.getLogger("keyturn.server")
 
@@ -22,6 +22,18 @@ def error_response(status: int, code: str, message: str, detail: Any = None, **h
     metrics.HTTP_ERRORS.labels(code=code).inc()
     body = {"error": {"code": code, "message": message, "detail": detail or {}}}
     return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def database_unavailable(exc: StoreUnavailable) -> JSONResponse:
+    """503 with Retry-After for every database failure; the code says which (`storage_full`: a full disk,
+    which no quick retry will cure, `unavailable`: down, partitioned, busy or out of connections)."""
+    log.warning("database unavailable: %s", exc)
+    message = (
+        "the database cannot write: its disk is full; an operator must make room"
+        if isinstance(exc, StorageFull)
+        else "the database is unavailable; try again"
+    )
+    return error_response(503, exc.code, message, None, **{"Retry-After": str(exc.retry_after)})
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -55,11 +67,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        # the database is down or busy: a retry may well succeed, so say so instead of a 500
-        log.warning("database unavailable: %s", exc)
-        return error_response(
-            503, "unavailable", "the database is unavailable; try again", None, **{"Retry-After": "1"}
-        )
+        return database_unavailable(exc)
 
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(_: Request, exc: AuthenticationError) -> JSONResponse:
@@ -76,5 +84,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
+        # A database failure that escaped the store's own mapping is still the database's state: 503.
+        unavailable_error = unavailable_from(exc)
+        if unavailable_error is not None:
+            return database_unavailable(unavailable_error)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal error; see the server log")
