@@ -20,7 +20,7 @@ from keyturn.policy import PolicyHolder
 from keyturn.server import errors
 from keyturn.server.api import actions, grants, ledger, system
 from keyturn.service import Keyturn
-from keyturn.store import Store
+from keyturn.store import Store, StoreUnavailable
 
 log = logging.getLogger("keyturn.server")
 
@@ -73,6 +73,8 @@ async def _run_timers(svc: Keyturn, interval: float) -> None:
             done = await to_thread.run_sync(svc.tick)
             if done:
                 metrics.TRANSITIONS.inc(done)
+        except StoreUnavailable as exc:  # expected while the database is away: one line, not a traceback
+            log.warning("timer sweep failed: %s", exc)
         except Exception:  # a failing sweep must not stop the next one
             log.exception("timer sweep failed")
         await asyncio.sleep(interval)
