@@ -19,6 +19,7 @@ from keyturn.ledger.checkpointer import running_checkpointer
 from keyturn.policy import PolicyHolder
 from keyturn.server import errors
 from keyturn.server.api import actions, grants, ledger, system
+from keyturn.server.limits import RequestGuard
 from keyturn.service import Keyturn
 from keyturn.store import Store, StoreUnavailable
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.server.max_body_bytes)
     app.include_router(actions.router)
     app.include_router(grants.router)
     app.include_router(system.router)
