@@ -20,6 +20,7 @@ from keyturn.policy import PolicyHolder
 from keyturn.server import errors
 from keyturn.server.api import actions, grants, ledger, system
 from keyturn.server.limits import RequestGuard
+from keyturn.server.readiness import Readiness
 from keyturn.service import Keyturn
 from keyturn.store import Store, StoreUnavailable
 
@@ -42,8 +43,8 @@ def create_app(settings: Settings) -> FastAPI:
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
             async with (
-                system.Readiness(store).running() as app.state.readiness,
-                running_checkpointer(app.state, settings, store, keyring),
+                Readiness(store.probe_write).running() as app.state.readiness,
+                running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
             ):
                 yield
         finally:
