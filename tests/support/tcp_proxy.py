@@ -27,6 +27,7 @@ class TcpProxy:
         self.backends = list(backends)
         self.port = port
         self.connections = 0  # accepted so far
+        self.active = [0] * len(self.backends)  # open connections per backend, now
         self._rotation = itertools.cycle(range(len(self.backends)))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
@@ -86,11 +87,13 @@ class TcpProxy:
             writer.close()
         self._require_flowing().set()
 
-    async def _connect_backend(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect_backend(self) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter] | None:
         for _ in range(len(self.backends)):
-            host, port = self.backends[next(self._rotation)]
+            index = next(self._rotation)
+            host, port = self.backends[index]
             with contextlib.suppress(OSError, TimeoutError):
-                return await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+                return index, reader, writer
         return None
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -99,13 +102,15 @@ class TcpProxy:
         if backend is None:
             client_writer.close()
             return
-        backend_reader, backend_writer = backend
+        index, backend_reader, backend_writer = backend
         self._writers.update((client_writer, backend_writer))
+        self.active[index] += 1
         try:
             await asyncio.gather(
                 self._pipe(client_reader, backend_writer), self._pipe(backend_reader, client_writer)
             )
         finally:
+            self.active[index] -= 1
             for writer in (client_writer, backend_writer):
                 self._writers.discard(writer)
                 writer.close()

@@ -28,7 +28,19 @@ from types import TracebackType
 from typing import Any, Self
 
 import psycopg
-from sqlalchemy import Connection, Engine, Row, and_, exists, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from keyturn import workflow
@@ -68,6 +80,8 @@ from keyturn.store.schema import (
 log = logging.getLogger("keyturn.store")
 
 DueHandler = Callable[[RequestRecord], workflow.Transition | None]
+
+_IMMUTABLE_COLUMNS = ("id", "action", "resource", "requester", "idempotency_key", "created_at")
 
 # Below this much free space on SQLite's filesystem, readiness reports the disk full.
 MIN_FREE_BYTES = 1 << 20
@@ -292,7 +306,11 @@ class Store:
         changed = seen = 0
         while limit is None or seen < limit:
             size = batch_size if limit is None else min(batch_size, limit - seen)
-            taken, done = self._process_due_batch(now, handle, size)
+            try:
+                taken, done = self._process_due_batch(now, handle, size)
+            except ConcurrentUpdate as exc:
+                log.warning("timer sweep rolled back: %s", exc)
+                break
             changed += done
             seen += taken
             if taken < size or time.monotonic() >= deadline:
@@ -300,7 +318,12 @@ class Store:
         return changed
 
     def _process_due_batch(self, now: datetime, handle: DueHandler, size: int) -> tuple[int, int]:
-        """One transaction: (requests looked at, requests changed)."""
+        """One transaction: (requests looked at, requests changed).
+
+        The rows are held (locked) for the whole transaction, so their versions cannot move: the
+        transitions are computed first, then written with one executemany per kind of change and one
+        ledger append for the whole batch.
+        """
         with self._write() as tx:
             query = (
                 select(requests.c.id, requests.c.record)
@@ -311,40 +334,60 @@ class Store:
             if self.backend == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = tx.conn.execute(query).all()
-            changed = 0
-            new_events: list[Event] = []
+            transitions: list[tuple[workflow.Transition, int]] = []
+            idle: list[dict[str, Any]] = []
             for row in rows:
                 try:
-                    # A savepoint per request: one that fails leaves the others of the batch alone.
-                    with tx.conn.begin_nested():
-                        changed += self._apply_due(tx, row.id, row.record, handle, new_events)
-                except ConcurrentUpdate:
-                    continue  # its grant moved under us; it is someone else's change to finish
-                except StoreUnavailable:
-                    raise  # the database is gone: the next sweep will try again
+                    record = RequestRecord.model_validate_json(row.record)
+                    transition = handle(record)
                 except Exception:
-                    # One bad request must not stop the sweep for all the others; it stays due and untouched.
+                    # One bad request must not stop the sweep for the others; it stays due and untouched.
                     log.exception("timer transition of request %s failed", row.id)
-            # One append for the whole batch: one lock of the ledger head, one COPY on PostgreSQL.
-            self._append_events(tx.conn, tuple(new_events))
-        return len(rows), changed
+                    continue
+                if transition is None:
+                    # Store the deadline the workflow computes now, so a stale one is not picked up forever.
+                    idle.append({"b_id": row.id, "b_deadline": workflow.next_deadline(record)})
+                else:
+                    transitions.append((transition, record.version))
+            if idle:
+                tx.conn.execute(
+                    update(requests)
+                    .where(requests.c.id == bindparam("b_id"))
+                    .values(next_deadline=bindparam("b_deadline")),
+                    idle,
+                )
+            if transitions:
+                self._apply_many(tx, transitions)
+        return len(rows), len(transitions)
 
-    def _apply_due(
-        self, tx: _Write, request_id: str, stored_json: str, handle: DueHandler, new_events: list[Event]
-    ) -> int:
-        record = RequestRecord.model_validate_json(stored_json)
-        transition = handle(record)
-        if transition is None:
-            # Store the deadline the workflow computes now, so a stale one is not picked up forever.
-            tx.conn.execute(
-                update(requests)
-                .where(requests.c.id == request_id)
-                .values(next_deadline=workflow.next_deadline(record))
-            )
-            return 0
-        self._apply(tx, transition, record.version, append=False)
-        new_events.extend(transition.events)
-        return 1
+    def _apply_many(self, tx: _Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
+        """`_apply` for many transitions of rows this transaction holds: one executemany, one append."""
+        updates = []
+        for transition, expected_version in transitions:
+            record = transition.record
+            if record.version <= expected_version:
+                raise StoreError(f"a transition of {record.id} must move past version {expected_version}")
+            columns = _request_columns(record)
+            for immutable in _IMMUTABLE_COLUMNS:
+                del columns[immutable]
+            updates.append({**columns, "b_id": record.id, "b_version": expected_version})
+        names = [name for name in updates[0] if not name.startswith("b_")]
+        result = tx.conn.execute(
+            update(requests)
+            .where(requests.c.id == bindparam("b_id"), requests.c.version == bindparam("b_version"))
+            .values({name: bindparam(name) for name in names}),
+            updates,
+        )
+        if result.rowcount != len(updates):
+            # Cannot happen while the rows are held; if it ever does, write nothing (the next sweep retries).
+            raise ConcurrentUpdate(f"{len(updates) - result.rowcount} due requests moved during the sweep")
+        new_events: list[Event] = []
+        for transition, _ in transitions:
+            self._save_grant(tx.conn, transition)
+            new_events.extend(transition.events)
+            tx.changed.add(transition.record.id)
+        # One lock of the ledger head for the whole batch, and one COPY on PostgreSQL.
+        self._append_events(tx.conn, tuple(new_events))
 
     def events_for_request(self, request_id: str) -> list[StoredEvent]:
         with self._read() as conn:
@@ -504,9 +547,7 @@ class Store:
 
     # --- the pieces of a transition -----------------------------------------------------------------
 
-    def _apply(
-        self, tx: _Write, transition: workflow.Transition, expected_version: int, *, append: bool = True
-    ) -> None:
+    def _apply(self, tx: _Write, transition: workflow.Transition, expected_version: int) -> None:
         record = transition.record
         if record.version <= expected_version:
             raise StoreError(
@@ -514,7 +555,7 @@ class Store:
                 f"not to {record.version}"
             )
         columns = _request_columns(record)
-        for immutable in ("id", "action", "resource", "requester", "idempotency_key", "created_at"):
+        for immutable in _IMMUTABLE_COLUMNS:
             del columns[immutable]
         result = tx.conn.execute(
             update(requests)
@@ -527,8 +568,7 @@ class Store:
                 raise NotFound(f"no request {record.id}")
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
         self._save_grant(tx.conn, transition)
-        if append:
-            self._append_events(tx.conn, transition.events)
+        self._append_events(tx.conn, transition.events)
         tx.changed.add(record.id)
 
     def _save_grant(self, conn: Connection, transition: workflow.Transition) -> None:
