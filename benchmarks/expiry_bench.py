@@ -194,9 +194,11 @@ def main() -> None:
             "",
             f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()} with {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}; load average {load_before[0]:.2f} at start, "
-            f"{load_after[0]:.2f} at end; {args.load_threads} threads submitting throughout; sweeps every {TICK:g} s.",
+            f"{load_after[0]:.2f} at end; {args.load_threads} threads submitting throughout; "
+            f"sweeps every {TICK:g} s.",
             "",
-            "| backend | sweep | requests due at once | last expired after | sweeps | submits meanwhile | approved |",
+            "| backend | sweep | requests due at once | last expired after | sweeps | submits meanwhile "
+            "| approved |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",

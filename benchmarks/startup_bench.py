@@ -22,9 +22,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from support.live import start_server  # noqa: E402
-
-from conftest import fresh_postgres_schema  # noqa: E402
+from conftest import fresh_postgres_schema
+from support.live import start_server
 
 
 def time_import(module: str) -> float:
@@ -70,7 +69,8 @@ def main() -> None:
             stops.append(stop)
         print(
             f"{backend}: serve -> /readyz 200 median {statistics.median(starts):.2f} s "
-            f"(min {min(starts):.2f}, max {max(starts):.2f}); SIGTERM -> exit median {statistics.median(stops):.2f} s"
+            f"(min {min(starts):.2f}, max {max(starts):.2f}); "
+            f"SIGTERM -> exit median {statistics.median(stops):.2f} s"
         )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     httpx.Client().close()

@@ -114,7 +114,7 @@ class ServerSettings(BaseModel):
         description="connections + requests at once; more get 503 at once (null: no limit)",
     )
     shutdown_timeout: float = Field(
-        default=10.0, ge=0, description="seconds SIGTERM waits for requests in flight before closing them"
+        default=5.0, ge=0, description="seconds SIGTERM waits for requests in flight before closing them"
     )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="largest request body; larger ones get 413 before being read"
