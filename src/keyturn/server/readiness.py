@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -44,14 +45,13 @@ class Readiness:
         self.interval = interval
         self.timeout = timeout
         self.latest = ProbeResult(False, "database: not probed yet", "starting", time.monotonic())
-        # One thread, never the request workers': a hung probe cannot take a request's thread, and a
-        # probe still hanging from last time is not started twice.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyturn-readyz")
+        # A daemon thread of its own, never the request workers': a hung probe cannot take a request's
+        # thread nor hold up the process at exit, and a probe still hanging is not started twice.
         self._running: concurrent.futures.Future[None] | None = None
 
     async def probe(self) -> ProbeResult:
         if self._running is None or self._running.done():
-            self._running = self._executor.submit(self.probe_write)
+            self._running = self._start_probe()
         started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._running), self.timeout)
@@ -68,6 +68,21 @@ class Readiness:
             log.warning("readiness: %s", "ready" if result.ok else f"not ready ({result.problem})")
         self.latest = result
         return result
+
+    def _start_probe(self) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # running: a probe() that times out cannot cancel it
+
+        def run() -> None:
+            try:
+                self.probe_write()
+            except BaseException as exc:  # handed to the awaiting probe()
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=run, name="keyturn-readyz", daemon=True).start()
+        return future
 
     def current(self) -> ProbeResult:
         latest = self.latest
@@ -95,4 +110,3 @@ class Readiness:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            self._executor.shutdown(wait=False, cancel_futures=True)
