@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from keyturn.commands.output import failure
 from keyturn.ledger.note import NoteError, VerifierKey
 from keyturn.ledger.verify import CheckpointSource
 
@@ -35,16 +36,11 @@ KeyOption = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
 
 
-def _die(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _trusted(keys: list[str] | None) -> list[VerifierKey]:
     try:
         return [VerifierKey.parse(k) for k in keys or []]
     except NoteError as exc:
-        raise _die(f"--key: {exc}") from exc
+        raise failure(f"--key: {exc}") from exc
 
 
 def _external(files: list[Path] | None) -> list[CheckpointSource]:
@@ -53,7 +49,7 @@ def _external(files: list[Path] | None) -> list[CheckpointSource]:
         try:
             sources.append(CheckpointSource(path.read_text(encoding="utf-8"), str(path), external=True))
         except (OSError, UnicodeDecodeError) as exc:
-            raise _die(f"--checkpoint {path}: {exc}") from exc
+            raise failure(f"--checkpoint {path}: {exc}") from exc
     return sources
 
 
@@ -63,15 +59,15 @@ def _open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
         if not path.exists():  # opening it would create an empty database
-            raise _die(f"no database at {path} (give --config keyturn.yaml or --database URL)")
+            raise failure(f"no database at {path} (give --config keyturn.yaml or --database URL)")
 
     try:
         store = Store.open(url)
         store.head_seq()
     except (StoreError, ValueError) as exc:
-        raise _die(f"--database: {exc}") from exc
+        raise failure(f"--database: {exc}") from exc
     except Exception as exc:  # e.g. no tables: not a keyturn database
-        raise _die(
+        raise failure(
             f"--database {url.split('@')[-1]}: not a keyturn database ({exc.__class__.__name__})"
         ) from exc
     return store
@@ -104,13 +100,13 @@ def verify(
     from keyturn.ledger.bundle import BundleError, verify_bundle
 
     if bundle is not None and database is not None:
-        raise _die("give one of --bundle DIR or --database URL, not both")
+        raise failure("give one of --bundle DIR or --database URL, not both")
     trusted, external = _trusted(key), _external(checkpoint)
     if bundle is not None:
         try:
             result = verify_bundle(bundle, external, trusted)
         except BundleError as exc:
-            raise _die(str(exc)) from exc
+            raise failure(str(exc)) from exc
     else:
         ledger, _ = _open_ledger(config, database)
         try:
@@ -136,7 +132,7 @@ def _when(value: str, option: str, end: bool = False) -> datetime:
             return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise _die(
+        raise failure(
             f"{option}: expected a seq number, a date (2030-01-31) or an ISO time, not {value!r}"
         ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -178,7 +174,7 @@ def export(
                 out, fallback_origin=configured.ledger.origin, from_seq=from_seq, to_seq=to_seq
             )
         except ServiceError as exc:
-            raise _die(exc.message) from exc
+            raise failure(exc.message) from exc
     finally:
         store.close()
     events = manifest["events"]
@@ -197,15 +193,15 @@ def inclusion_from_bundle(path: Path, seq: int) -> dict[str, Any]:
     try:
         bundle = read_bundle(path)
     except BundleError as exc:
-        raise _die(str(exc)) from exc
+        raise failure(str(exc)) from exc
     if bundle.first_seq != 0:
-        raise _die("proofs need a bundle exported from seq 0")
+        raise failure("proofs need a bundle exported from seq 0")
     checkpoints = sorted(
         (SignedCheckpoint.parse(s.raw) for s in bundle.checkpoint_sources()), key=lambda c: c.size
     )
     covering = [c for c in checkpoints if c.size > seq]
     if not covering:
-        raise _die(f"no checkpoint in the bundle covers seq {seq}", 1)
+        raise failure(f"no checkpoint in the bundle covers seq {seq}", 1)
     newest = covering[-1]
     tree = MerkleTree()
     leaf = b""
@@ -232,7 +228,7 @@ def prove(
     from keyturn.errors import ServiceError
 
     if bundle is not None and database is not None:
-        raise _die("give one of --bundle DIR or --database URL, not both")
+        raise failure("give one of --bundle DIR or --database URL, not both")
     if bundle is not None:
         document = inclusion_from_bundle(bundle, seq)
     else:
@@ -240,7 +236,7 @@ def prove(
         try:
             document = ledger.inclusion(seq)
         except ServiceError as exc:
-            raise _die(exc.message, 1) from exc
+            raise failure(exc.message, 1) from exc
         finally:
             ledger.store.close()
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
@@ -262,9 +258,9 @@ def check_proof(
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise _die(f"{file}: {exc}") from exc
+        raise failure(f"{file}: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise _die(f"{file}:{exc.lineno}:{exc.colno}: {exc.msg}") from exc
+        raise failure(f"{file}:{exc.lineno}:{exc.colno}: {exc.msg}") from exc
     try:
         typer.echo(check_inclusion_document(document, _trusted(key)))
     except InvalidProof as exc:
@@ -286,7 +282,7 @@ def report(
     from keyturn.ledger.report import build_report, render_html
 
     if format_ not in ("html", "json"):
-        raise _die("--format: html or json")
+        raise failure("--format: html or json")
     start = _when(from_, "--from") if from_ else None
     end = _when(to, "--to", end=True) if to else None
     ledger, configured = _open_ledger(config, database)
