@@ -35,7 +35,7 @@ HANG = 45.0
 def test_a_partition_gives_bounded_503s_liveness_throughout_and_heals(tmp_path: Path) -> None:
     with fresh_postgres_schema() as url, TcpProxy([("127.0.0.1", 5432)]) as proxy:
         proxied = make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        server = start_server(tmp_path, database_url=proxied, settings={"timer_interval": 0.5})
+        server = start_server(tmp_path, database_url=proxied, settings={"timer_interval": 0.5}, timeout=120)
         try:
             with server.client(AGENT) as agent:
                 request_id = agent.submit("db.export", "postgres://prod/customers", {"rows": 1})["id"]

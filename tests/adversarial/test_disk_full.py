@@ -68,7 +68,9 @@ def wait_for_readyz(server: LiveServer, status: int) -> httpx.Response:
 
 def test_a_full_disk_is_reported_as_such_and_readiness_follows(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "disk") as disk:
-        server = start_server(tmp_path / "server", database_url=f"sqlite:///{disk / 'keyturn.db'}")
+        server = start_server(
+            tmp_path / "server", database_url=f"sqlite:///{disk / 'keyturn.db'}", timeout=120
+        )
         try:
             assert submit(server, 1).status_code == 201
             filler = fill(disk)

@@ -33,14 +33,14 @@ MAX_BODY = 1 << 20
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     workdir = tmp_path_factory.mktemp(f"hostile-{request.param}")
     if request.param == "sqlite":
-        live = start_server(workdir)
+        live = start_server(workdir, timeout=120)
         try:
             yield live
         finally:
             live.stop()
         return
     with fresh_postgres_schema() as url:
-        live = start_server(workdir, database_url=url)
+        live = start_server(workdir, database_url=url, timeout=120)
         try:
             yield live
         finally:

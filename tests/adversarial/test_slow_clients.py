@@ -33,7 +33,7 @@ def _is_closed(sock: socket.socket) -> bool:
 
 
 def test_connections_that_never_finish_their_head_are_closed_and_others_are_served(tmp_path: Path) -> None:
-    server = start_server(tmp_path, settings={"server": {"header_timeout": 2.0}})
+    server = start_server(tmp_path, settings={"server": {"header_timeout": 2.0}}, timeout=120)
     slow: list[socket.socket] = []
     try:
         for _ in range(SLOW_CONNECTIONS):
@@ -63,7 +63,7 @@ def test_connections_that_never_finish_their_head_are_closed_and_others_are_serv
 
 
 def test_a_stop_with_a_slow_request_in_flight_is_bounded(tmp_path: Path) -> None:
-    server = start_server(tmp_path, settings={"server": {"shutdown_timeout": 2.0}})
+    server = start_server(tmp_path, settings={"server": {"shutdown_timeout": 2.0}}, timeout=120)
     with server.client(AGENT) as agent:
         request_id = agent.submit("db.export", "postgres://prod/x", {"rows": 1})["id"]
     outcome: dict[str, object] = {}

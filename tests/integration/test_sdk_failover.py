@@ -28,9 +28,9 @@ ALICE = "user:alice@example.com"
 @pytest.fixture
 def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TcpProxy, list[LiveServer]]]:
     with fresh_postgres_schema() as url:
-        first = start_server(tmp_path_factory.mktemp("failover"), database_url=url)
+        first = start_server(tmp_path_factory.mktemp("failover"), database_url=url, timeout=120)
         try:
-            second = first.start_replica()
+            second = first.start_replica(timeout=120)
             servers = [first, second]
             with TcpProxy([("127.0.0.1", s.port) for s in servers]) as balancer:
                 yield balancer, servers

@@ -96,10 +96,10 @@ class DeadlineConnection(psycopg.Connection[Any]):
     SQLAlchemy sees as a disconnect: the pooled connection is discarded and the caller gets a 503.
     """
 
-    answer_timeout: float = PG_ANSWER_TIMEOUT
+    answer_timeout: float | None = PG_ANSWER_TIMEOUT  # None: wait as long as it takes (migrations)
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-        if len(args) < 2 and kwargs.get("timeout") is None:
+        if len(args) < 2 and kwargs.get("timeout") is None and self.answer_timeout is not None:
             kwargs["timeout"] = self.answer_timeout
         try:
             return super().wait(gen, *args, **kwargs)
