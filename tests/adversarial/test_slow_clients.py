@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -96,3 +97,41 @@ def test_a_stop_with_a_slow_request_in_flight_is_bounded(tmp_path: Path) -> None
         server.process = None
     assert process.returncode is not None
     assert "status" in outcome or "error" in outcome  # the long-poll was ended, not left hanging
+
+
+def test_a_stop_with_a_handler_stuck_in_a_worker_thread_is_bounded(tmp_path: Path) -> None:
+    """A submit blocked on the database (another process holds SQLite's write lock: the handler waits up to
+    the 30 s busy timeout in a worker thread) does not hold a SIGTERM beyond the shutdown bound."""
+    server = start_server(tmp_path, settings={"server": {"shutdown_timeout": 2.0}}, timeout=120)
+    assert server.process is not None
+    process = server.process
+    database = server.database_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(database, isolation_level=None, timeout=30)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held until the end of the test
+
+        def stuck_submit() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(
+                    server.url + "/v1/actions",
+                    json={"action": "test.allow", "resource": "svc://stuck"},
+                    headers=server.headers(AGENT),
+                    timeout=60,
+                )
+
+        caller = threading.Thread(target=stuck_submit)
+        caller.start()
+        time.sleep(1.0)  # let the handler reach the lock (not a timing assert)
+        process.send_signal(signal.SIGTERM)
+        try:
+            # 2 s shutdown bound + 2 s for abandoned handlers + a loaded machine's margin, and still well
+            # under the 30 s the stuck handler would otherwise hold the exit.
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError("a handler stuck in a worker thread held SIGTERM") from None
+        finally:
+            server.process = None
+        caller.join(60)
+    finally:
+        blocker.close()
