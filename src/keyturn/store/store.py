@@ -54,7 +54,6 @@ from keyturn.store.errors import (
     NotFound,
     StorageFull,
     StoreError,
-    StoreUnavailable,
     unavailable_from,
 )
 from keyturn.store.feed import ChangeFeed, PostgresChangeFeed
@@ -99,24 +98,11 @@ class _Write:
     changed: set[str] = field(default_factory=set)
 
 
-@dataclass
-class Health:
-    """The latest database failure the store met, for readiness and logs (updated from worker threads:
-    one reference assignment at a time, never read-modify-write)."""
-
-    last_failure: StoreUnavailable | None = None
-    failed_at: float | None = None
-
-    def failed(self, exc: StoreUnavailable) -> None:
-        self.last_failure, self.failed_at = exc, time.monotonic()
-
-
 class Store:
     def __init__(self, engine: Engine, backend: Backend, feed: ChangeFeed) -> None:
         self.engine = engine
         self.backend = backend
         self.feed = feed
-        self.health = Health()
 
     @classmethod
     def open(cls, url: str, **engine_options: Any) -> Store:
@@ -159,9 +145,7 @@ class Store:
             folder = Path(self.engine.url.database).resolve().parent
             free = shutil.disk_usage(folder).free
             if free < MIN_FREE_BYTES:
-                failure = StorageFull(f"the database cannot write, its disk is full ({free} bytes free)")
-                self.health.failed(failure)
-                raise failure
+                raise StorageFull(f"the database cannot write, its disk is full ({free} bytes free)")
         with self._write() as tx:
             tx.conn.execute(
                 update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=ledger_head.c.next_seq)
@@ -542,7 +526,6 @@ class Store:
             unavailable = unavailable_from(exc)
             if unavailable is None:
                 raise
-            self.health.failed(unavailable)
             raise unavailable from exc
 
     # --- the pieces of a transition -----------------------------------------------------------------
