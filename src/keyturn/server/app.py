@@ -66,6 +66,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    if settings.channels.slack is not None:  # Slack interactivity and chat account links
+        from keyturn.channels import slack_http
+
+        app.include_router(slack_http.build_router(settings))
+    if settings.channels.teams is not None:  # the Teams SDK is imported only when Teams is configured
+        from keyturn.channels.teams_http import mount as mount_teams
+
+        mount_teams(app, settings.channels.teams)
     return app
 
 
