@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from keyturn.views import request_view
 router = APIRouter(prefix="/v1/actions", tags=["actions"])
 
 MAX_WAIT_SECONDS = 300.0
+SSE_RECHECK_SECONDS = (20.0, 40.0)  # an idle stream re-reads its request once in this window
+_jitter = random.Random()
 
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
@@ -129,6 +132,9 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
                     yield {"event": "state", "id": str(record.version), "data": data}
                     if record.status.terminal:
                         return
-                await changes.wait(watch.wait_seconds(15.0))
+                # Woken at once by a change; otherwise a re-read now and then as a safety net, at a
+                # random moment so that many open streams never hit the database in step — and no later
+                # than the credential's next re-check.
+                await changes.wait(watch.wait_seconds(_jitter.uniform(*SSE_RECHECK_SECONDS)))
 
     return EventSourceResponse(stream(), ping=15)
