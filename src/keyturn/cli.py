@@ -83,6 +83,7 @@ def serve(
 
     from keyturn.config import ConfigError, load_settings
     from keyturn.server.app import create_app
+    from keyturn.server.run import uvicorn_options
 
     try:
         settings = load_settings(
@@ -104,13 +105,7 @@ def serve(
     if problem is not None:
         errors.print(f"[red]configuration error:[/red] {problem}")
         raise typer.Exit(2)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(application, **uvicorn_options(settings))
 
 
 def main() -> None:

@@ -90,9 +90,12 @@ def _fresh(authn: tuple[AuthMethod, int] | None) -> bool:
     method, minutes_ago = authn
     # A passkey counts only with its assertion over this very review, which these principals never carry
     # (tests/unit/test_passkeys.py covers signed reviews): here it is as good as no proof.
-    return method in (AuthMethod.OIDC, AuthMethod.CONSOLE) and timedelta(
-        minutes=minutes_ago
-    ) <= STEP_UP_MAX_AGE
+    return (
+        method in (AuthMethod.OIDC, AuthMethod.CONSOLE)
+        and timedelta(minutes=minutes_ago) <= STEP_UP_MAX_AGE
+    )
+
+
 # 200 keeps CI fast; KEYTURN_HYPOTHESIS_EXAMPLES=2000 explores deeper locally.
 EXAMPLES = int(os.environ.get("KEYTURN_HYPOTHESIS_EXAMPLES", "200"))
 

@@ -54,6 +54,7 @@ class CompiledRule:
     signature: str | None  # "passkey": approvals must be passkey-signed
     grant_ttl: timedelta
     secrets: tuple[str, ...]
+    executors: tuple[str, ...]  # who may consume the grant instead of the requester; () = the requester
     matched: RuleMatch  # precomputed answer for a plain match (no evaluation error)
 
     def match_summary(self) -> str:

@@ -25,8 +25,10 @@ from keyturn.server.api import actions, grants, ledger, system
 from keyturn.server.console import HERE as CONSOLE_DIR
 from keyturn.server.console import build_console, ledger_routes, passkey_routes, policy_routes
 from keyturn.server.console import routes as console_routes
+from keyturn.server.limits import RequestGuard
+from keyturn.server.readiness import Readiness
 from keyturn.service import Keyturn
-from keyturn.store import Store
+from keyturn.store import Store, StoreUnavailable
 from keyturn.store.console import SqlConsoleRepository
 
 log = logging.getLogger("keyturn.server")
@@ -48,7 +50,10 @@ def create_app(settings: Settings) -> FastAPI:
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(settings, store, keyring, svc.live_ledger.tree):
+            async with (
+                Readiness(store.probe_write).running() as app.state.readiness,
+                running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
+            ):
                 yield
         finally:
             timers.cancel()
@@ -65,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.server.max_body_bytes)
     app.include_router(actions.router)
     app.include_router(grants.router)
     app.include_router(system.router)
@@ -106,6 +112,8 @@ async def _run_timers(svc: Keyturn, interval: float) -> None:
             done = await to_thread.run_sync(svc.tick)
             if done:
                 metrics.TRANSITIONS.inc(done)
+        except StoreUnavailable as exc:  # expected while the database is away: one line, not a traceback
+            log.warning("timer sweep failed: %s", exc)
         except Exception:  # a failing sweep must not stop the next one
             log.exception("timer sweep failed")
         await asyncio.sleep(interval)

@@ -11,8 +11,10 @@ from keyturn.store.errors import (
     DuplicateIdempotencyKey,
     InvalidCursor,
     NotFound,
+    StorageFull,
     StoreError,
     StoreUnavailable,
+    unavailable_from,
 )
 from keyturn.store.feed import ChangeFeed, PostgresChangeFeed, Subscription
 from keyturn.store.records import (
@@ -32,6 +34,7 @@ __all__ = [
     "NotFound",
     "PostgresChangeFeed",
     "SqlApiKeyRepository",
+    "StorageFull",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -39,4 +42,5 @@ __all__ = [
     "StoredEvent",
     "StoredLedgerKey",
     "Subscription",
+    "unavailable_from",
 ]
