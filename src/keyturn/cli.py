@@ -1,17 +1,20 @@
 """The `keyturn` command.
 
-Server-side commands (`serve`, `db`, `keys`) work on the configuration and database directly; the request
-commands (`submit`, `list`, `show`, `approve`, `deny`, `cancel`, `wait`) are clients of a running server,
-authenticated with `KEYTURN_TOKEN` (a user token or an agent API key) against `KEYTURN_URL`.
+Server-side commands (`serve`, `db`, `api-keys`, `signing-keys`) work on the configuration and database
+directly; `admin` goes through a running server's admin API; the request commands (`submit`, `list`,
+`show`, `approve`, `deny`, `cancel`, `wait`) are clients of a running server, authenticated with
+`KEYTURN_TOKEN` (a user token or an agent API key) against `KEYTURN_URL`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from keyturn.client import ApiError, Client, default_url
-from keyturn.commands import db, exec_, keys, policy, users
+from keyturn.commands import admin, api_keys, db, exec_, policy, signing_keys, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
@@ -34,7 +37,15 @@ app = typer.Typer(
 )
 app.add_typer(policy.app, name="policy", help="Check, explain and test policies.")
 app.add_typer(db.app, name="db", help="Database schema.")
-app.add_typer(keys.app, name="keys", help="Agent API keys.")
+app.add_typer(api_keys.app, name="api-keys", help="Agent API keys (on the database directly).")
+# The old name of `api-keys`, kept so scripts keep working; hidden so that "keys" means one thing only.
+app.add_typer(api_keys.app, name="keys", hidden=True, deprecated=True)
+app.add_typer(
+    signing_keys.app,
+    name="signing-keys",
+    help="The server's signing keys (grants, ledger checkpoints): list, rotate, retire.",
+)
+app.add_typer(admin.app, name="admin", help="Administration through a running server (admin role).")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
 app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
@@ -52,7 +63,7 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar=["KEYTURN_TOKEN", "KEYTURN_API_KEY"],
-        help="user token (keyturn users add-token) or agent API key (keyturn keys create)",
+        help="user token (keyturn users add-token) or agent API key (keyturn api-keys create)",
     ),
 ]
 
@@ -72,7 +83,7 @@ def _fail(exc: ApiError) -> typer.Exit:
     elif exc.code == "unauthenticated":
         errors.print(
             "[dim]pass --token or set KEYTURN_TOKEN (a user token from `keyturn users add-token`, "
-            "or an agent key from `keyturn keys create`)[/dim]"
+            "or an agent key from `keyturn api-keys create`)[/dim]"
         )
     return typer.Exit(1)
 
@@ -104,6 +115,7 @@ def serve(
 
     from keyturn.config import ConfigError, load_settings
     from keyturn.server.app import create_app
+    from keyturn.server.startup import StartupError, bind, prepare
 
     try:
         settings = load_settings(
@@ -116,15 +128,31 @@ def serve(
             users_file=users_file,
         )
     except ConfigError as exc:
-        errors.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+        _startup_failed(f"configuration: {exc}")
+    # The order makes a failed start create nothing: the socket first (a port in use is found before any
+    # file is written), then the checks, and the database and keys last.
+    try:
+        sock = bind(settings.host, settings.port)
+        components = prepare(settings)
+    except StartupError as exc:
+        with contextlib.suppress(NameError):
+            sock.close()
+        _startup_failed(str(exc))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, components),
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )
     )
+    server.run(sockets=[sock])
+
+
+def _startup_failed(message: str) -> NoReturn:
+    """A start-up problem: one line on stderr (no rich wrapping, no traceback), exit status 2."""
+    one_line = " ".join(message.split())
+    sys.stderr.write(f"keyturn serve: {one_line}\n")
+    raise typer.Exit(2)
 
 
 @app.command()

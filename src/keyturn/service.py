@@ -22,7 +22,6 @@ from typing import Any
 from keyturn import metrics, workflow
 from keyturn.config import Settings
 from keyturn.grants import GrantError, GrantIssuer, verify_grant
-from keyturn.keys import KeyRing
 from keyturn.model import (
     ActionRequest,
     Principal,
@@ -36,6 +35,7 @@ from keyturn.model import (
     same_identity,
 )
 from keyturn.policy import PolicyHolder
+from keyturn.signing_keys import KeyRing
 from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
 
 log = logging.getLogger("keyturn")
@@ -131,7 +131,7 @@ class Keyturn:
         self.keyring = keyring
         self.clock = clock
         self.grant_issuer = GrantIssuer(
-            keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
+            lambda: keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
         )
 
     # --- policy -------------------------------------------------------------------------------------

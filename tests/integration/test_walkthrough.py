@@ -66,7 +66,7 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     url = demo.url
 
     # 1. An agent key and personal tokens, printed once.
-    agent = keyturn("keys", "create", "--agent", "deploy-bot", "--config", str(demo.config_path)).strip()
+    agent = keyturn("api-keys", "create", "--agent", "deploy-bot", "--config", str(demo.config_path)).strip()
     alice = keyturn(
         "users", "add-token", "--users-file", str(examples / "users.yaml"), "user:alice@example.com"
     ).strip()

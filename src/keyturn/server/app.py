@@ -12,35 +12,43 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from keyturn import __version__, metrics
+from keyturn.admin import Admin
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
-from keyturn.keys import KeyRing
 from keyturn.ledger.checkpointer import running_checkpointer
-from keyturn.policy import PolicyHolder
-from keyturn.server import errors
-from keyturn.server.api import actions, grants, ledger, system
+from keyturn.operations import Operations
+from keyturn.server import errors, reloader
+from keyturn.server.api import actions, admin, grants, ledger, system
+from keyturn.server.startup import Components, prepare
 from keyturn.service import Keyturn
-from keyturn.store import Store
 
 log = logging.getLogger("keyturn.server")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
+    """The app. `keyturn serve` passes the `components` it prepared before binding (so a start-up problem
+    is one line before anything is created); without them the lifespan prepares its own."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.open(settings.database)
-        store.upgrade()
-        keyring = KeyRing(settings.data_dir)
-        policy = PolicyHolder(settings.policy)
+        prepared = components if components is not None else await to_thread.run_sync(prepare, settings)
+        store, policy, keyring = prepared.store, prepared.policy, prepared.keyring
         svc = Keyturn(settings, store, policy, keyring)
         app.state.keyturn = svc
+        app.state.ops = Operations(store, policy, keyring)
+        app.state.admin = Admin(
+            store, keyring, users_file=settings.users_file, ledger_origin=settings.ledger.origin
+        )
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(app.state, settings, store, keyring):
+            async with (
+                running_checkpointer(app.state, settings, store, keyring),
+                reloader.watching(policy, settings.policy_reload_interval),
+            ):
                 yield
         finally:
             timers.cancel()
@@ -54,12 +62,17 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Action-level approvals for AI agents, pipelines and scripts.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which an offline or locked-down host cannot
+        # reach (a blank page): the machine-readable /openapi.json is served, the HTML viewers are not.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.include_router(actions.router)
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    app.include_router(admin.router)
     return app
 
 

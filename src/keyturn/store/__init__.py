@@ -21,6 +21,7 @@ from keyturn.store.records import (
     StoredEvent,
     StoredLedgerKey,
 )
+from keyturn.store.server_keys import SqlServerKeyRepository
 from keyturn.store.store import Store
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "NotFound",
     "PostgresChangeFeed",
     "SqlApiKeyRepository",
+    "SqlServerKeyRepository",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -1,19 +1,23 @@
-"""Dry-run evaluation, public keys, health, readiness and metrics."""
+"""Dry-run evaluation, the public keys (JWKS), health, readiness and metrics."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keyturn.model import ActionRequest, Principal, PrincipalKind
+from keyturn.operations import Operations
 from keyturn.server.api.schemas import EvaluateBody
 from keyturn.server.deps import Caller, Service
 from keyturn.service import ServiceError
 
 router = APIRouter(tags=["system"])
+log = logging.getLogger("keyturn.server")
 
 
 @router.post("/v1/evaluate", summary="Dry-run the policy on a request; records nothing")
@@ -54,10 +58,17 @@ def evaluate(body: EvaluateBody, who: Caller, svc: Service) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/keys", summary="Public keys (JWK set) for grants and ledger checkpoints")
-def keys(svc: Service) -> dict[str, Any]:
-    jwks: dict[str, Any] = svc.keyring.jwks()
-    return jwks
+def operations(request: Request) -> Operations:
+    ops: Operations = request.app.state.ops
+    return ops
+
+
+Ops = Annotated[Operations, Depends(operations)]
+
+
+@router.get("/v1/keys", summary="The public keys (JWKS) that verify grants and ledger checkpoints")
+def public_keys(ops: Ops) -> dict[str, Any]:
+    return ops.public_keys()
 
 
 @router.get("/healthz", summary="Liveness")
@@ -65,24 +76,16 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the database answers and a policy is loaded")
-def readyz(request: Request, svc: Service) -> Response:
-    problems = []
-    try:
-        svc.store.ping()
-    except Exception as exc:  # readiness must answer, whatever the database does
-        problems.append(f"database: {exc.__class__.__name__}")
-    import json
-
-    status = 200 if not problems else 503
-    body = {
-        "status": "ready" if not problems else "not ready",
-        "problems": problems,
-        "policy_revision": svc.policy.current.revision,
-    }
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+@router.get("/readyz", summary="Readiness: the database answers; the policy revision in use")
+def readyz(ops: Ops) -> JSONResponse:
+    ready, body = ops.readiness()
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-def metrics() -> Response:
+def metrics(ops: Ops) -> Response:
+    try:
+        ops.refresh_metrics()
+    except Exception:  # the other metrics must still be served when the database is down
+        log.warning("pending-request gauges not refreshed", exc_info=True)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

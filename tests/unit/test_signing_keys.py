@@ -13,7 +13,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keyturn.keys import KeyRing, KeyRingError, thumbprint
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
+from keyturn.signing_keys import KeyRingError, thumbprint
 
 
 def mode(path: Path) -> int:

@@ -1,0 +1,83 @@
+"""`keyturn signing-keys …`: the server's own keys (grant and ledger signing keys), on the configuration
+directly: in the database when a key-encryption key is set, else in `data_dir`. Not the agents' API keys
+(`keyturn api-keys`). A running server picks a rotation up without a restart. Each change is ledgered with
+the operator as `local:<login>`; with a running server, `keyturn admin signing-keys …` does the same over
+the API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keyturn.commands._common import ConfigOption, DatabaseOption, admin_service, local_admin
+from keyturn.service import ServiceError
+from keyturn.signing_keys import KeyInfo
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+PurposeOption = Annotated[str, typer.Option("--purpose", help="grant or ledger")]
+
+
+def print_keys(keys: list[KeyInfo]) -> None:
+    table = Table(title="server keys")
+    for column in ("kid", "purpose", "state", "created", "retired"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(
+            k.kid,
+            k.purpose,
+            k.state,
+            k.created_at.isoformat(timespec="seconds"),
+            k.retired_at.isoformat(timespec="seconds") if k.retired_at else "",
+        )
+    console.print(table)
+
+
+@app.command("list")
+def list_keys(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+    """List the keys: current (signs), verifying (an older key, still accepted) and retired."""
+    with admin_service(config, database) as admin:
+        keys = admin.list_signing_keys(local_admin())
+    print_keys(keys)
+
+
+@app.command()
+def rotate(
+    purpose: PurposeOption = "grant", config: ConfigOption = None, database: DatabaseOption = None
+) -> None:
+    """Make a new key current. The old one keeps verifying what it signed until it is retired."""
+    with admin_service(config, database) as admin:
+        try:
+            info = admin.rotate_signing_key(local_admin(), purpose)
+        except ServiceError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"{info.purpose} key {info.kid} is now current; the previous one still verifies until retired")
+
+
+@app.command()
+def retire(
+    kid: Annotated[str, typer.Argument(help="the kid of a verifying key (see `keyturn signing-keys list`)")],
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Stop an old key from verifying: grants it signed are refused from now on."""
+    with admin_service(config, database) as admin:
+        try:
+            info = admin.retire_signing_key(local_admin(), kid)
+        except ServiceError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"retired {info.purpose} key {info.kid}")
+
+
+@app.command("new-kek")
+def new_kek_command() -> None:
+    """Print a new key-encryption key (32 random bytes, base64) for KEYTURN_KEY_ENCRYPTION_KEY."""
+    from keyturn.signing_keys import new_kek
+
+    typer.echo(new_kek())
