@@ -56,14 +56,14 @@ class Admin:
     def __init__(
         self,
         store: Store,
-        keyring: KeyRing,
+        keyring: KeyRing | Callable[[], KeyRing],
         *,
         users_file: Path | None,
         ledger_origin: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
-        self.keyring = keyring
+        self._keyring = keyring  # or how to open it: API-key commands must work without the KEK
         self.users_file = users_file
         self.ledger_origin = ledger_origin
         self.clock = clock
@@ -178,6 +178,12 @@ class Admin:
         if purpose in SECRET_PURPOSES:
             return self.keyring.secret_key(purpose).kid
         return self.keyring.signing_key(purpose).kid
+
+    @property
+    def keyring(self) -> KeyRing:
+        if not isinstance(self._keyring, KeyRing):
+            self._keyring = self._keyring()
+        return self._keyring
 
     # --- helpers ------------------------------------------------------------------------------------
 

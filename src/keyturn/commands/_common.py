@@ -16,6 +16,7 @@ from keyturn.model import Principal, PrincipalKind, Role
 
 if TYPE_CHECKING:
     from keyturn.admin import Admin
+    from keyturn.signing_keys import KeyRing
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
 DatabaseOption = Annotated[str | None, typer.Option("--database", help="overrides the configured database")]
@@ -53,12 +54,15 @@ def admin_service(config: Path | None, database: str | None) -> Iterator[Admin]:
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    try:
+
+    def keyring() -> KeyRing:
         try:
-            keyring = open_keyring(resolved, store, kek)
+            return open_keyring(resolved, store, kek)
         except KeyRingError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+
+    try:
         yield Admin(store, keyring, users_file=resolved.users_file, ledger_origin=resolved.ledger.origin)
     finally:
         store.close()

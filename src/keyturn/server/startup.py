@@ -63,6 +63,8 @@ def prepare(settings: Settings) -> Components:
         except UsersFileError as exc:
             raise StartupError(_one_line(str(exc))) from None
     kek = key_encryption_key(settings)
+    if kek is None and _backend(settings.database) == "postgresql":
+        raise StartupError(_NEED_KEK)  # before the database is touched: a failed start changes nothing
     with _removed_on_failure(_created_paths(settings)):
         store = open_store(settings.database)
         try:
@@ -137,12 +139,22 @@ def open_keyring(settings: Settings, store: Store, kek: bytes | None) -> KeyRing
             f"give this server the same one ({KEK_ENV} or key_encryption_key_file)"
         )
     if store.backend == "postgresql":
-        raise KeyRingError(
-            "replicas on PostgreSQL share their signing keys through the database: set "
-            f"{KEK_ENV} (or key_encryption_key_file) to one key-encryption key that every replica is given "
-            "(make one with `keyturn signing-keys new-kek`)"
-        )
+        raise KeyRingError(_NEED_KEK)
     return DirectoryKeyRing(settings.data_dir)
+
+
+_NEED_KEK = (
+    "replicas on PostgreSQL share their signing keys through the database: set "
+    f"{KEK_ENV} (or key_encryption_key_file) to one key-encryption key that every replica is given "
+    "(make one with `keyturn signing-keys new-kek`)"
+)
+
+
+def _backend(database: str) -> str:
+    try:
+        return make_url(database).get_backend_name()
+    except Exception:
+        return ""
 
 
 def safe_url(database: str) -> str:
