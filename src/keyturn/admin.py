@@ -139,7 +139,7 @@ class Admin:
 
     def list_signing_keys(self, admin: Principal) -> list[KeyInfo]:
         self._require(admin)
-        return self.keyring.keys()
+        return self.keyring.list_keys()
 
     def rotate_signing_key(self, admin: Principal, purpose: str) -> KeyInfo:
         self._require(admin)

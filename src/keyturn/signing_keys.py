@@ -171,7 +171,7 @@ class KeyRing(ABC):
         """Stop a non-current key from verifying anything. Raises `KeyRingError` for the current key."""
 
     @abstractmethod
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         """Every key of every purpose, oldest first (retired ones included)."""
 
     def prepare(self, purposes: Sequence[str] = PURPOSES) -> None:
@@ -183,13 +183,13 @@ class KeyRing(ABC):
                 self.signing_key(purpose)
 
     def purposes(self) -> list[str]:
-        found = {k.purpose for k in self.keys()}
+        found = {k.purpose for k in self.list_keys()}
         return [*PURPOSES, *sorted(found - set(PURPOSES))]
 
     def jwks(self) -> dict[str, Any]:
         """The public keys (JWK set) of every Ed25519 purpose: the current and the verifying ones."""
         out: list[dict[str, Any]] = []
-        infos = {(k.purpose, k.kid): k for k in self.keys()}
+        infos = {(k.purpose, k.kid): k for k in self.list_keys()}
         for purpose in self.purposes():
             if purpose in SECRET_PURPOSES:
                 continue  # a symmetric key has no public half
@@ -257,7 +257,7 @@ class DirectoryKeyRing(KeyRing):
         return KeyInfo(key.kid, purpose, ED25519, "current", key.created_at)
 
     def retire(self, kid: str) -> KeyInfo:
-        for info in self.keys():
+        for info in self.list_keys():
             if info.kid != kid or info.state == "retired":
                 continue
             if info.state == "current":
@@ -271,7 +271,7 @@ class DirectoryKeyRing(KeyRing):
             return KeyInfo(kid, info.purpose, ED25519, "retired", info.created_at, datetime.now(UTC))
         raise KeyRingError(f"no verifying key {kid} (see `keyturn signing-keys list`)")
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         out: list[KeyInfo] = []
         for purpose in self._purposes_on_disk():
             state = self._state(purpose)
@@ -528,7 +528,7 @@ class DatabaseKeyRing(KeyRing):
         self._reload()
         return KeyInfo(kid, info.purpose, info.algorithm, "retired", info.created_at, now)
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         return list(self._current_state().infos)
 
     @property
