@@ -21,7 +21,7 @@ from keyturn.identity.errors import UsersFileError
 from keyturn.identity.users import read_users, remove_user_token
 from keyturn.ledger.checkpointer import key_name, register_keys
 from keyturn.model import Event, EventType, Principal, Role
-from keyturn.service import Forbidden, NotFound, ServiceError
+from keyturn.errors import Forbidden, NotFound, ServiceError
 from keyturn.signing_keys import SECRET_PURPOSES, KeyInfo, KeyRing, KeyRingError, check_purpose
 from keyturn.store import SqlApiKeyRepository, Store
 

@@ -1,5 +1,6 @@
-"""What an operator (or a load balancer, or Prometheus) asks a running server: readiness, the policy
-revision in use, the public keys (JWKS) and the pending-queue gauges. Transport-free, like the service."""
+"""What an operator (or Prometheus) asks a running server beyond the service's readiness: the policy
+revision in use and its last reload error, where the keys live, and the pending-queue gauges.
+Transport-free, like the service."""
 
 from __future__ import annotations
 
@@ -27,20 +28,10 @@ class Operations:
         self._keyring = keyring
         self._clock = clock
 
-    def public_keys(self) -> dict[str, Any]:
-        """The public keys (JWKS) of grants and ledger checkpoints: current and still-verifying ones."""
-        return self._keyring.jwks()
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        problems = []
-        try:
-            self._store.ping()
-        except Exception as exc:  # readiness must answer, whatever the database does
-            problems.append(f"database: {exc.__class__.__name__}")
+    def status(self) -> dict[str, Any]:
+        """The policy revision in use (and why the last reload failed, if it did), and where keys live."""
         policy = self._policy
         body: dict[str, Any] = {
-            "status": "ready" if not problems else "not ready",
-            "problems": problems,
             "policy_revision": policy.current.revision,
             "policy_loaded_at": datetime.fromtimestamp(policy.loaded_at, UTC).isoformat(timespec="seconds"),
             "keys": self._keyring.storage,
@@ -48,7 +39,7 @@ class Operations:
         if policy.last_error is not None:
             # The last edit did not load: the revision above is the last good one, still in use.
             body["policy_reload_error"] = [str(p) for p in policy.last_error.problems]
-        return not problems, body
+        return body
 
     def refresh_metrics(self) -> None:
         """Set the pending-queue gauges (one aggregate query per scrape)."""

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from keyturn.commands._common import ConfigOption, DatabaseOption, admin_service, local_admin
 from keyturn.identity.api_keys import ApiKeyRecord
-from keyturn.service import ServiceError
+from keyturn.errors import ServiceError
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Annotated, Any
 
@@ -34,6 +33,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from keyturn.humanize import time_left
 from keyturn.sdk import (
     ApprovalTimeout,
     ConfigurationError,
@@ -43,7 +43,6 @@ from keyturn.sdk import (
     KeyturnError,
     Unreachable,
 )
-from keyturn.sdk._core import human_duration
 
 EXIT_DATAERR = 65
 EXIT_USAGE = 64
@@ -326,20 +325,10 @@ class StatusLine:
         line = Text()
         line.append(f"⏳ {view.get('id')} ", style="yellow")
         line.append(f"waiting for approval of {view.get('action')}: still needed {needed}")
-        left = _time_left(view.get("expires_at"))
+        left = time_left(view.get("expires_at"))
         if left:
             line.append(f" — {left} left", style="dim")
         url = view.get("review_url")
         if url:
             line.append(f" — {url}", style="dim")
         return line
-
-
-def _time_left(expires_at: Any) -> str:
-    if not expires_at:
-        return ""
-    try:
-        seconds = (datetime.fromisoformat(str(expires_at)) - datetime.now(UTC)).total_seconds()
-    except ValueError:
-        return ""
-    return human_duration(seconds)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keyturn.commands._common import ConfigOption, DatabaseOption, admin_service, local_admin
-from keyturn.service import ServiceError
+from keyturn.errors import ServiceError
 from keyturn.signing_keys import KeyInfo
 
 app = typer.Typer(no_args_is_help=True)

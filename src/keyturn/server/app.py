@@ -46,7 +46,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
             async with (
-                running_checkpointer(app.state, settings, store, keyring),
+                running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
                 reloader.watching(policy, settings.policy_reload_interval),
             ):
                 yield

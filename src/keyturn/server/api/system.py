@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from keyturn.errors import ServiceError
 from keyturn.model import ActionRequest, Principal, PrincipalKind
 from keyturn.operations import Operations
 from keyturn.server.api.schemas import EvaluateBody
 from keyturn.server.deps import Caller, Service
-from keyturn.service import ServiceError
 
 router = APIRouter(tags=["system"])
 log = logging.getLogger("keyturn.server")
@@ -46,7 +46,7 @@ def evaluate(body: EvaluateBody, who: Caller, svc: Service) -> dict[str, Any]:
             raise ServiceError("now: expected an ISO 8601 time", {"field": "body.now"}) from None
         if now.tzinfo is None:
             raise ServiceError("now: the time needs a timezone offset", {"field": "body.now"})
-    verdict = svc.policy.current.evaluate(request, now)
+    verdict = svc.dry_run(request, now)
     route = verdict.route
     return {
         "decision": verdict.decision.value,
@@ -67,8 +67,8 @@ Ops = Annotated[Operations, Depends(operations)]
 
 
 @router.get("/v1/keys", summary="The public keys (JWKS) that verify grants and ledger checkpoints")
-def public_keys(ops: Ops) -> dict[str, Any]:
-    return ops.public_keys()
+def public_keys(svc: Service) -> dict[str, Any]:
+    return svc.public_keys()
 
 
 @router.get("/healthz", summary="Liveness")
@@ -77,9 +77,10 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: the database answers; the policy revision in use")
-def readyz(ops: Ops) -> JSONResponse:
-    ready, body = ops.readiness()
-    return JSONResponse(body, status_code=200 if ready else 503)
+def readyz(svc: Service, ops: Ops) -> JSONResponse:
+    problems = svc.readiness()
+    body = {"status": "ready" if not problems else "not ready", "problems": problems, **ops.status()}
+    return JSONResponse(body, status_code=200 if not problems else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
