@@ -16,14 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keyturn.identity.api_keys import ApiKeyRecord, generate_api_key
+from keyturn.errors import Forbidden, NotFound, ServiceError
+from keyturn.identity.api_keys import generate_api_key
 from keyturn.identity.errors import UsersFileError
 from keyturn.identity.users import read_users, remove_user_token
 from keyturn.ledger.checkpointer import key_name, register_keys
 from keyturn.model import Event, EventType, Principal, Role
-from keyturn.errors import Forbidden, NotFound, ServiceError
 from keyturn.signing_keys import SECRET_PURPOSES, KeyInfo, KeyRing, KeyRingError, check_purpose
 from keyturn.store import SqlApiKeyRepository, Store
+from keyturn.store.records import ApiKeyRecord
 
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 

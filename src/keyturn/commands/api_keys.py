@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from keyturn.commands._common import ConfigOption, DatabaseOption, admin_service, local_admin
-from keyturn.identity.api_keys import ApiKeyRecord
 from keyturn.errors import ServiceError
+from keyturn.store.records import ApiKeyRecord
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
