@@ -120,6 +120,8 @@ def serve(
             create_app(settings, components),
             log_level=settings.log_level,
             timeout_graceful_shutdown=5,
+            ssl_certfile=settings.tls_certfile,
+            ssl_keyfile=settings.tls_keyfile,
         )
     )
     server.run(sockets=[sock])

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8300, description="port to listen on")
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="serve HTTPS with this PEM certificate chain (or: TLS at the proxy)",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="the private key of tls_certfile (PEM)")
     public_url: str | None = Field(
         default=None, description="URL people and agents use to reach this server (review_url)"
     )
@@ -154,14 +159,17 @@ class Settings(BaseSettings):
     def _one_kek_source(self) -> Settings:
         if self.key_encryption_key is not None and self.key_encryption_key_file is not None:
             raise ValueError("set key_encryption_key or key_encryption_key_file, not both")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both tls_certfile and tls_keyfile, or neither")
         return self
 
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_certfile is not None else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
 
-_PATH_KEYS = ("policy", "data_dir", "users_file", "key_encryption_key_file")
+_PATH_KEYS = ("policy", "data_dir", "users_file", "key_encryption_key_file", "tls_certfile", "tls_keyfile")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import shutil
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class Components:
 
 def prepare(settings: Settings) -> Components:
     policy = load_policy(settings)
+    check_tls(settings)
     if settings.users_file is not None:
         try:
             read_users(settings.users_file)
@@ -87,6 +89,21 @@ def load_policy(settings: Settings) -> PolicyHolder:
         more = len(exc.problems) - 1
         return_line = f"policy: {first}" + (f" (and {more} more: keyturn policy check)" if more > 0 else "")
         raise StartupError(_one_line(return_line)) from None
+
+
+def check_tls(settings: Settings) -> None:
+    """The certificate and key load together (uvicorn would otherwise fail later, with a traceback)."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_certfile, settings.tls_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise StartupError(
+            f"tls_certfile {settings.tls_certfile} / tls_keyfile {settings.tls_keyfile}: {reason}"
+        ) from None
 
 
 def key_encryption_key(settings: Settings) -> bytes | None:
