@@ -41,7 +41,8 @@ def _call(url: str, token: str | None, method: str, path: str, body: dict[str, A
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title)
-    for column in columns:
+    table.add_column(columns[0], no_wrap=True)  # an id, copied into the next command: never folded
+    for column in columns[1:]:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)

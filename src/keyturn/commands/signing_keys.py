@@ -24,7 +24,8 @@ PurposeOption = Annotated[str, typer.Option("--purpose", help="grant or ledger")
 
 def print_keys(keys: list[KeyInfo]) -> None:
     table = Table(title="server keys")
-    for column in ("kid", "purpose", "state", "created", "retired"):
+    table.add_column("kid", no_wrap=True)  # copied into `retire`: never folded or cut
+    for column in ("purpose", "state", "created", "retired"):
         table.add_column(column, overflow="fold")
     for k in keys:
         table.add_row(
@@ -38,10 +39,23 @@ def print_keys(keys: list[KeyInfo]) -> None:
 
 
 @app.command("list")
-def list_keys(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def list_keys(
+    state: Annotated[
+        str | None, typer.Option("--state", help="only keys in this state: current, verifying, retired")
+    ] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="print only the kids, one a line, oldest first")] = False,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+) -> None:
     """List the keys: current (signs), verifying (an older key, still accepted) and retired."""
     with admin_service(config, database) as admin:
         keys = admin.list_signing_keys(local_admin())
+    if state is not None:
+        keys = [k for k in keys if k.state == state]
+    if ids:
+        for key in sorted(keys, key=lambda k: (k.created_at, k.kid)):
+            typer.echo(key.kid)
+        return
     print_keys(keys)
 
 
