@@ -314,6 +314,17 @@ def test_review_refusals_map_to_clear_errors(sqlite_server: LiveServer) -> None:
     assert state["status"] == "pending" and state["reviews"] == []
 
 
+def test_a_step_up_route_refuses_a_token_approval_but_takes_a_deny(sqlite_server: LiveServer) -> None:
+    request_id = submit(sqlite_server, action="deploy.prod", resource="k8s://prod/api")["id"]
+    queue = ok(call(sqlite_server, ALICE, "GET", "/v1/actions", params={"reviewable": "true", "limit": 200}))
+    assert request_id in {item["id"] for item in queue["items"]}  # offered: the console asks for presence
+    err = error(review(sqlite_server, ALICE, request_id), 403, "step_up_required")
+    assert "fresh login or a passkey" in err["message"]
+    state = ok(call(sqlite_server, AGENT, "GET", f"/v1/actions/{request_id}"))
+    assert state["status"] == "pending" and state["reviews"] == [] and state["verdict"]["step_up"] is True
+    ok(review(sqlite_server, ALICE, request_id, "deny", comment="not during the incident"))
+
+
 def test_one_person_cannot_fill_two_requirements(server: LiveServer) -> None:
     request_id = submit(server, action="k8s.delete", resource="k8s://prod/ns/x")["id"]
     ok(review(server, SAM, request_id))  # in sre and security: counts once

@@ -96,22 +96,26 @@ def list_requests(
             page = client.list(status=status, reviewable=reviewable, limit=limit)
     except ApiError as exc:
         api_failure(exc)
-    table = Table(title="keyturn requests")
-    table.add_column("id", no_wrap=True)  # ids are copied into `keyturn approve`: never truncate them
-    table.add_column("status", no_wrap=True)
-    for column in ("action", "resource", "requester", "needs", "expires in"):
-        table.add_column(column, overflow="fold")
-    for item in page["items"]:
-        table.add_row(
-            item["id"],
-            styled_status(item["status"]),
-            item["action"],
-            item["resource"],
-            item["requester"]["id"] + (f" for {item['on_behalf_of']}" if item["on_behalf_of"] else ""),
-            ", ".join(item["still_needed"]),
-            (time_left(item["expires_at"]) or "-") if item["status"] == "pending" else "",
+    items = page["items"]
+    if not items:
+        console.print("nothing to review" if reviewable else "no requests")
+        return
+    # One block per request rather than a table: ids are never truncated (they are copied into `keyturn
+    # approve`) and resources run long, so columns would be unreadable on an 80-column terminal.
+    for item in items:
+        head = f"[bold]{escape(item['id'])}[/bold]  {styled_status(item['status'])}  {escape(item['action'])}"
+        if item["status"] == "pending":
+            head += f"  [dim]{time_left(item['expires_at']) or '-'} left[/dim]"
+        console.print(head)
+        if item["resource"]:
+            console.print(f"    {escape(item['resource'])}", overflow="fold")
+        who = item["requester"]["id"] + (f" for {item['on_behalf_of']}" if item["on_behalf_of"] else "")
+        needs = ", ".join(item["still_needed"])
+        console.print(
+            f"    [dim]by[/dim] {escape(who)}" + (f"  [dim]needs[/dim] {escape(needs)}" if needs else "")
         )
-    console.print(table)
+    if page.get("next_cursor"):
+        console.print(f"[dim]… more: raise --limit (now {limit})[/dim]")
 
 
 @app.command()
