@@ -104,11 +104,10 @@ def revoke_user_token(token_id: str, url: UrlOption = default_url(), token: Toke
 @signing_keys.command("list")
 def list_signing_keys(url: UrlOption = default_url(), token: TokenOption = None) -> None:
     """List the server's keys: current, verifying and retired."""
-    items = _call(url, token, "GET", "signing-keys")["items"]
-    rows = [
-        [i["kid"], i["purpose"], i["state"], _when(i["created_at"]), _when(i["retired_at"])] for i in items
-    ]
-    _table("server keys", ["kid", "purpose", "state", "created", "retired"], rows)
+    from keyturn.commands.signing_keys import key_lines
+
+    for line in key_lines(_call(url, token, "GET", "signing-keys")["items"]):
+        typer.echo(line)
 
 
 @signing_keys.command("rotate")

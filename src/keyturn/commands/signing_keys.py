@@ -6,36 +6,35 @@ the API."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from keyturn.commands._common import ConfigOption, DatabaseOption, admin_service, local_admin
 from keyturn.errors import ServiceError
 from keyturn.signing_keys import KeyInfo
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
 
 PurposeOption = Annotated[str, typer.Option("--purpose", help="grant or ledger")]
 
 
 def print_keys(keys: list[KeyInfo]) -> None:
-    table = Table(title="server keys")
-    table.add_column("kid", no_wrap=True)  # copied into `retire`: never folded or cut
-    for column in ("purpose", "state", "created", "retired"):
-        table.add_column(column, overflow="fold")
-    for k in keys:
-        table.add_row(
-            k.kid,
-            k.purpose,
-            k.state,
-            k.created_at.isoformat(timespec="seconds"),
-            k.retired_at.isoformat(timespec="seconds") if k.retired_at else "",
-        )
-    console.print(table)
+    """One key a line (a kid is 43 characters and is copied into `retire`: a table would fold it or squeeze
+    the other columns on an 80-column terminal)."""
+    for line in key_lines([k.as_dict() for k in keys]):
+        typer.echo(line)
+
+
+def key_lines(items: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'kid':<43}  {'purpose':<8} {'state':<9} created"]
+    for k in items:
+        created = datetime.fromisoformat(k["created_at"]).strftime("%Y-%m-%d %H:%M")
+        retired = k.get("retired_at")
+        tail = f"  retired {datetime.fromisoformat(retired):%Y-%m-%d %H:%M}" if retired else ""
+        lines.append(f"{k['kid']:<43}  {k['purpose']:<8} {k['state']:<9} {created}{tail}")
+    return lines
 
 
 @app.command("list")
