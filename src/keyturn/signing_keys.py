@@ -208,7 +208,7 @@ class KeyRing(ABC):
                         "alg": "EdDSA",
                         "use": "sig",
                         "keyturn_purpose": purpose,
-                        "status": "current" if info.state == "current" else "retired",
+                        "status": info.state,  # current or verifying (a retired key is not listed)
                         "created_at": info.created_at.isoformat(),
                     }
                 )

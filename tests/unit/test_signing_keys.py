@@ -90,7 +90,7 @@ def test_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
         keys[new.kid].verify(signature, b"approved")
 
     statuses = {k["kid"]: k["status"] for k in ring.jwks()["keys"] if k["keyturn_purpose"] == "grant"}
-    assert statuses == {old.kid: "retired", new.kid: "current"}
+    assert statuses == {old.kid: "verifying", new.kid: "current"}
 
 
 def test_jwks_lists_every_purpose_as_okp_jwks(tmp_path: Path) -> None:
