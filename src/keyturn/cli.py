@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from keyturn import __version__
-from keyturn.commands import admin, api_keys, db, exec_, policy, requests, signing_keys, users
+from keyturn.commands import admin, api_keys, chat, db, exec_, policy, requests, signing_keys, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
@@ -42,6 +42,7 @@ app.add_typer(
 app.add_typer(admin.app, name="admin", help="Administration through a running server (admin role).")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
+app.add_typer(chat.app, name="chat", help="Link your Slack account to your keyturn identity.")
 app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
 app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
     mcp_commands.mcp_proxy
@@ -104,20 +105,21 @@ def serve(
             data_dir=data_dir,
             users_file=users_file,
         )
+        application = create_app(settings)  # checks channel credentials: a missing one is a ConfigError
     except ConfigError as exc:
         _startup_failed(f"configuration: {exc}")
     # The order makes a failed start create nothing: the socket first (a port in use is found before any
     # file is written), then the checks, and the database and keys last.
     try:
         sock = bind(settings.host, settings.port)
-        components = prepare(settings)
+        application.state.components = prepare(settings)
     except StartupError as exc:
         with contextlib.suppress(NameError):
             sock.close()
         _startup_failed(str(exc))
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, components),
+            application,
             log_level=settings.log_level,
             timeout_graceful_shutdown=5,
             ssl_certfile=settings.tls_certfile,

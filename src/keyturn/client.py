@@ -115,3 +115,12 @@ class Client:
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """`/v1/admin/<path>` (admin role required)."""
         return self._call(method, f"/v1/admin/{path.lstrip('/')}", json=body)
+
+    def chat_link(self, code: str) -> Any:
+        return self._call("POST", "/v1/chat/links", json={"code": code})
+
+    def chat_links(self) -> Any:
+        return self._call("GET", "/v1/chat/links")
+
+    def chat_unlink(self, provider: str, team_id: str, user_id: str) -> Any:
+        return self._call("DELETE", f"/v1/chat/links/{provider}/{team_id}/{user_id}")

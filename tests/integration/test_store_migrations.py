@@ -30,6 +30,9 @@ TABLES = {
     "decision_records",
     "api_keys",
     "server_keys",
+    "chat_links",
+    "chat_link_codes",
+    "chat_seen_signatures",
     "alembic_version",
 }
 

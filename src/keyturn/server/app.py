@@ -26,12 +26,15 @@ log = logging.getLogger("keyturn.server")
 
 
 def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
-    """The app. `keyturn serve` passes the `components` it prepared before binding (so a start-up problem
-    is one line before anything is created); without them the lifespan prepares its own."""
+    """The app. `keyturn serve` prepares the `components` itself before it binds (so a start-up problem is
+    one line before anything is created) and puts them in `app.state.components`; without them the
+    lifespan prepares its own."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        prepared = components if components is not None else await to_thread.run_sync(prepare, settings)
+        prepared = components or getattr(app.state, "components", None)
+        if prepared is None:
+            prepared = await to_thread.run_sync(prepare, settings)
         store, policy, keyring = prepared.store, prepared.policy, prepared.keyring
         svc = Keyturn(settings, store, policy, keyring)
         app.state.keyturn = svc
@@ -73,6 +76,10 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.include_router(system.router)
     app.include_router(ledger.router)
     app.include_router(admin.router)
+    if settings.channels.slack is not None:  # Slack interactivity and chat account links
+        from keyturn.channels import slack_http
+
+        app.include_router(slack_http.build_router(settings))
     return app
 
 

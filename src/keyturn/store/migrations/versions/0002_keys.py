@@ -1,7 +1,7 @@
 """Server keys in the database (sealed under a key-encryption key) and the risk tier of each request.
 
 Revision ID: 0002_keys
-Revises: 0001_initial
+Revises: 0004_chat
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_keys"
-down_revision = "0001_initial"
+down_revision = "0004_chat"
 branch_labels = None
 depends_on = None
 
