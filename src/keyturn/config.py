@@ -69,16 +69,46 @@ class SlackSettings(BaseModel):
     )
 
 
-class TeamsSettings(BaseModel):
-    """The Microsoft Teams bot (docs/channels.md). Targets look like `teams:oncall`."""
+class TeamsConversation(BaseModel):
+    """Where a `teams:NAME` target posts: a channel or chat the bot is installed in (docs/channels.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    app_id: str = Field(description="the bot's Entra application (client) id")
-    tenant_id: str = Field(description="the Entra tenant the bot belongs to")
+    conversation_id: str = Field(min_length=1, description="e.g. 19:...@thread.tacv2 (a channel)")
+    service_url: str = Field(
+        min_length=1,
+        description="the Bot Connector URL of that conversation, e.g. https://smba.trafficmanager.net/emea/",
+    )
+
+
+class TeamsSettings(BaseModel):
+    """The Microsoft Teams bot (docs/channels.md). Targets look like `teams:oncall`.
+
+    The `*_url` settings name Microsoft's endpoints; they exist for sovereign clouds (and so tests can point
+    them at local stand-ins), not to be changed for the public cloud."""
+
+    model_config = ConfigDict(extra="forbid")
+    app_id: str = Field(
+        pattern=r"^\S+$", description="the bot's Entra application (client) id; inbound tokens' audience"
+    )
+    tenant_id: str = Field(pattern=r"^\S+$", description="the Entra tenant of the bot and its reviewers")
     app_secret: SecretSettings = Field(description="the bot's client secret (env or file)")
-    conversations: dict[str, dict[str, str]] = Field(
+    conversations: dict[str, TeamsConversation] = Field(
         default_factory=dict,
         description="target name -> conversation reference (conversation_id, service_url)",
+    )
+    login_url: str = Field(
+        default="https://login.microsoftonline.com",
+        description="Entra authority host: the bot's own tokens come from {login_url}/{tenant_id}",
+    )
+    bot_scope: str = Field(
+        default="https://api.botframework.com/.default", description="scope of the bot's outgoing tokens"
+    )
+    openid_metadata_url: str = Field(
+        default="https://login.botframework.com/v1/.well-known/openidconfiguration",
+        description="Bot Framework OpenID metadata: its jwks_uri signs inbound activities",
+    )
+    token_issuer: str = Field(
+        default="https://api.botframework.com", description="the `iss` of inbound Bot Framework tokens"
     )
 
 

@@ -1,5 +1,9 @@
 """One-time grants: short-lived EdDSA (Ed25519) JWTs bound to one request, action, resource and params digest.
 
+The resource is bound by its keyed digest (`rdg`, HMAC under the server's redaction key, as in the ledger);
+the `res` claim shows it with credentials masked (``postgres://[redacted]@db/prod``), so a token that leaks
+into a log or a process list does not carry the `user:password@` of the resource it is for.
+
 The token is only a *proof*: consuming it still goes through the store, which marks the grant consumed in
 one conditional update (`keyturn.workflow.consume_grant`), so a token can be used at most once even though
 it stays cryptographically valid until `exp`.
@@ -25,11 +29,12 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from keyturn.model import RequestRecord, params_digest
+from keyturn.redact import UNKEYED, Redactor, mask
 from keyturn.signing_keys import SigningKey
 
 GRANT_TYP = "keyturn-grant+jwt"
 ALGORITHM = "EdDSA"
-_STRING_CLAIMS = ("jti", "rid", "act", "res", "pdg", "sub", "iss")
+_STRING_CLAIMS = ("jti", "rid", "act", "res", "rdg", "pdg", "sub", "iss")
 _TIME_CLAIMS = ("iat", "nbf", "exp")
 
 
@@ -42,7 +47,8 @@ class GrantClaims:
     jti: str  # grant id
     rid: str  # request id
     act: str  # action
-    res: str  # resource
+    res: str  # resource, credentials masked (for people reading the token; does not bind)
+    rdg: str  # keyed digest of the whole resource (binds it): "hmac-sha256:<kid>:<hex>"
     pdg: str  # "sha256:<hex>" of the RFC 8785 canonical params
     sub: str  # requester id
     aud: str
@@ -61,10 +67,18 @@ class GrantIssuer:
     """Signs with `key`, or with whatever key `key()` returns at each issue (the key ring's current key,
     so a rotation — on this replica or another — takes effect without a restart)."""
 
-    def __init__(self, key: SigningKey | Callable[[], SigningKey], *, issuer: str, audience: str) -> None:
+    def __init__(
+        self,
+        key: SigningKey | Callable[[], SigningKey],
+        *,
+        issuer: str,
+        audience: str,
+        redactor: Redactor = UNKEYED,
+    ) -> None:
         self._key = key
         self.issuer = issuer
         self.audience = audience
+        self.redactor = redactor
 
     @property
     def key(self) -> SigningKey:
@@ -85,7 +99,8 @@ class GrantIssuer:
             jti=grant_id,
             rid=record.id,
             act=record.request.action,
-            res=record.request.resource,
+            res=mask(record.request.resource),
+            rdg=self.redactor.digest(record.request.resource),
             pdg=params_digest(params),
             sub=record.request.requester.id,
             aud=self.audience,
@@ -98,6 +113,7 @@ class GrantIssuer:
             "rid": claims.rid,
             "act": claims.act,
             "res": claims.res,
+            "rdg": claims.rdg,
             "pdg": claims.pdg,
             "sub": claims.sub,
             "aud": claims.aud,
@@ -190,6 +206,7 @@ def verify_grant(
         rid=payload["rid"],
         act=payload["act"],
         res=payload["res"],
+        rdg=payload["rdg"],
         pdg=payload["pdg"],
         sub=payload["sub"],
         aud=payload["aud"],

@@ -38,6 +38,7 @@ from keyturn.model import (
     canonical_json,
 )
 from keyturn.policy import PolicyHolder
+from keyturn.redact import Redactor
 from keyturn.signing_keys import KeyRing
 from keyturn.store import (
     ConcurrentUpdate,
@@ -114,9 +115,18 @@ class Keyturn:
         self.keyring = keyring
         self.clock = clock
         self.grant_issuer = GrantIssuer(
-            lambda: keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
+            lambda: keyring.signing_key("grant"),
+            issuer=settings.base_url,
+            audience=settings.grant_audience,
+            redactor=keyring.redactor(),
         )
         self.live_ledger = LiveLedger(store, settings.ledger.origin)
+
+    @property
+    def redactor(self) -> Redactor:
+        """Redaction with the server's keyed digests (guarantee 9), for the workflow and every view.
+        Only through the key ring's accessor, so the key moves with the other server keys."""
+        return self.keyring.redactor()
 
     # --- policy -------------------------------------------------------------------------------------
 
@@ -149,7 +159,9 @@ class Keyturn:
         )
         now = self.clock()
         verdict = self.evaluate(request)
-        transition = workflow.submit(new_request_id(), request, verdict, now, new_grant_id())
+        transition = workflow.submit(
+            new_request_id(), request, verdict, now, new_grant_id(), redactor=self.redactor
+        )
         decision = DecisionRecord(
             ts=now,
             request_id=transition.record.id,
@@ -274,6 +286,7 @@ class Keyturn:
                 edited_params=edited,
                 reevaluate=reevaluate,
                 grant_id=new_grant_id(),
+                redactor=self.redactor,
             )
 
         try:
@@ -286,7 +299,9 @@ class Keyturn:
 
     def cancel(self, principal: Principal, request_id: str, reason: str = "") -> RequestRecord:
         return self._transition(
-            principal, request_id, lambda r, now: workflow.cancel(r, principal, now, reason)
+            principal,
+            request_id,
+            lambda r, now: workflow.cancel(r, principal, now, reason, redactor=self.redactor),
         )
 
     def consume(self, principal: Principal, token: str) -> Consumed:
@@ -307,12 +322,14 @@ class Keyturn:
             action=claims.act,
             resource=claims.res,
             params_digest=claims.pdg,
+            resource_digest=claims.rdg,
         )
 
         handed_over: dict[str, str] = {}
 
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
-            transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
+            # refusals come first
+            transition = workflow.consume_grant(record, presented, principal, at, redactor=self.redactor)
             # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
             # over must leave the grant unused, not strand the request in `executing` with nothing to run.
             handed_over.update(brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets))
@@ -337,14 +354,26 @@ class Keyturn:
     ) -> RequestRecord:
         def step(record: RequestRecord, now: datetime) -> workflow.Transition:
             transition = workflow.report_result(
-                record, principal, succeeded, now, output_digest=output_digest, detail=detail
+                record,
+                principal,
+                succeeded,
+                now,
+                output_digest=output_digest,
+                detail=detail,
+                redactor=self.redactor,
             )
             if not detail:
                 return transition
             # the workflow accepted the report: now remove any brokered secret the executor echoed
             scrubbed = self._scrub_brokered_secrets(record, detail)
             return workflow.report_result(
-                record, principal, succeeded, now, output_digest=output_digest, detail=scrubbed
+                record,
+                principal,
+                succeeded,
+                now,
+                output_digest=output_digest,
+                detail=scrubbed,
+                redactor=self.redactor,
             )
 
         return self._transition(principal, request_id, step)
@@ -360,10 +389,11 @@ class Keyturn:
     def tick(self) -> int:
         """Expire and escalate what is due. Safe on several replicas: the store locks what it processes."""
         now = self.clock()
+        redactor = self.redactor
 
         def handle(record: RequestRecord) -> workflow.Transition | None:
             try:
-                return workflow.due_transition(record, now)
+                return workflow.due_transition(record, now, redactor=redactor)
             except workflow.NothingToDo:
                 return None
 
@@ -398,7 +428,9 @@ class Keyturn:
     def _expire_quietly(self, record: RequestRecord, now: datetime) -> None:
         # the timer or another replica may get there first: then there is nothing left to do
         with contextlib.suppress(workflow.WorkflowError, ConcurrentUpdate):
-            self.store.apply(workflow.expire(record, now), expected_version=record.version)
+            self.store.apply(
+                workflow.expire(record, now, redactor=self.redactor), expected_version=record.version
+            )
 
     # --- grants -------------------------------------------------------------------------------------
 

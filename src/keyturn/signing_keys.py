@@ -56,8 +56,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keyturn.redact import RedactionKey, Redactor
+
 PURPOSES = ("grant", "ledger")  # Ed25519 keys every server has
-SECRET_PURPOSES = frozenset({"redaction"})  # symmetric keys (HMAC-SHA256), 32 random bytes
+REDACTION = "redaction"  # the HMAC key of keyed redaction digests (keyturn.redact)
+SECRET_PURPOSES = frozenset({REDACTION})  # symmetric keys (HMAC-SHA256), 32 random bytes
+REDACTION_DIR = REDACTION  # in a data_dir: <kid>.key files and `current`; not a signing purpose
+_REDACTION_FILE = re.compile(r"^([A-Za-z0-9_-]{16})\.key$")
 ED25519 = "Ed25519"
 HMAC_SHA256 = "HMAC-SHA256"
 _PURPOSE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -174,6 +179,22 @@ class KeyRing(ABC):
     def list_keys(self) -> list[KeyInfo]:
         """Every key of every purpose, oldest first (retired ones included)."""
 
+    @abstractmethod
+    def redaction_key(self) -> RedactionKey:
+        """The current key for the keyed digests of redacted values, generated on first use."""
+
+    @abstractmethod
+    def redaction_keys(self) -> dict[str, RedactionKey]:
+        """kid -> key, the current one and every older one (to check digests made before a rotation)."""
+
+    @abstractmethod
+    def rotate_redaction_key(self) -> RedactionKey:
+        """A new current redaction key; older ones still check their digests."""
+
+    def redactor(self) -> Redactor:
+        """The redactor the server passes to the workflow and the views: current key, all keys known."""
+        return Redactor(key=self.redaction_key(), keys=self.redaction_keys())
+
     def prepare(self, purposes: Sequence[str] = PURPOSES) -> None:
         """Make sure every purpose has a current key (at start, so problems show then, not at first use)."""
         for purpose in purposes:
@@ -233,6 +254,7 @@ class DirectoryKeyRing(KeyRing):
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)  # created with the first key, not before (a failed start leaves none)
         self._states: dict[str, _PurposeState] = {}
+        self._redaction_cache: tuple[tuple[Any, ...], RedactionKey, dict[str, RedactionKey]] | None = None
         self._lock = threading.Lock()
 
     def signing_key(self, purpose: str) -> SigningKey:
@@ -240,6 +262,62 @@ class DirectoryKeyRing(KeyRing):
 
     def public_key_map(self, purpose: str) -> dict[str, Ed25519PublicKey]:
         return {kid: key.public_key for kid, key in self._state(purpose).keys.items()}
+
+    # --- the redaction key (HMAC) -------------------------------------------------------------------
+
+    def redaction_key(self) -> RedactionKey:
+        current, _ = self._redaction_state()
+        return current
+
+    def redaction_keys(self) -> dict[str, RedactionKey]:
+        _, keys = self._redaction_state()
+        return dict(keys)
+
+    def rotate_redaction_key(self) -> RedactionKey:
+        directory = self._redaction_dir()
+        key = _write_new_redaction_key(directory)
+        tmp = _write_temp(directory, (key.kid + "\n").encode("ascii"), 0o644)
+        os.replace(tmp, directory / _CURRENT)
+        return key
+
+    def _redaction_dir(self) -> Path:
+        _make_private_dir(self.data_dir)
+        directory = self.data_dir / REDACTION_DIR
+        _make_private_dir(directory)
+        return directory
+
+    def _redaction_state(self) -> tuple[RedactionKey, dict[str, RedactionKey]]:
+        directory = self._redaction_dir()
+        if not (directory / _CURRENT).exists():
+            key = _write_new_redaction_key(directory)
+            tmp = _write_temp(directory, (key.kid + "\n").encode("ascii"), 0o644)
+            try:
+                os.link(tmp, directory / _CURRENT)
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):  # another process won: its key is current
+                    (directory / f"{key.kid}.key").unlink()
+            finally:
+                tmp.unlink()
+        current_kid = ""
+        for _ in range(5):
+            current_stat = (directory / _CURRENT).stat()
+            names = tuple(sorted(n for n in os.listdir(directory) if _REDACTION_FILE.match(n)))
+            fingerprint = (current_stat.st_ino, current_stat.st_mtime_ns, names)
+            with self._lock:
+                cached = self._redaction_cache
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1], cached[2]
+            current_kid = (directory / _CURRENT).read_text(encoding="ascii").strip()
+            keys: dict[str, RedactionKey] = {}
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    key = load_redaction_key(directory / name)
+                    keys[key.kid] = key
+            if current_kid in keys:
+                with self._lock:
+                    self._redaction_cache = (fingerprint, keys[current_kid], keys)
+                return keys[current_kid], keys
+        raise KeyRingError(f"{directory / _CURRENT}: names key {current_kid!r}, which is not in {directory}")
 
     def secret_key(self, purpose: str) -> SecretKey:
         raise KeyRingError(
@@ -296,7 +374,7 @@ class DirectoryKeyRing(KeyRing):
         if not self.data_dir.is_dir():
             return list(PURPOSES)
         found = {p.name for p in self.data_dir.iterdir() if p.is_dir() and _PURPOSE_PATTERN.match(p.name)}
-        return sorted(found | set(PURPOSES))
+        return sorted((found - {REDACTION_DIR}) | set(PURPOSES))
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -350,7 +428,11 @@ def read_directory_keys(data_dir: Path) -> dict[str, tuple[str, list[SigningKey]
     out: dict[str, tuple[str, list[SigningKey]]] = {}
     if not data_dir.is_dir():
         return out
-    for directory in sorted(p for p in data_dir.iterdir() if p.is_dir() and _PURPOSE_PATTERN.match(p.name)):
+    for directory in sorted(
+        p
+        for p in data_dir.iterdir()
+        if p.is_dir() and _PURPOSE_PATTERN.match(p.name) and p.name != REDACTION_DIR
+    ):
         if not (directory / _CURRENT).exists():
             continue
         state = _load_state(directory, directory.name, _fingerprint(directory))
@@ -502,6 +584,17 @@ class DatabaseKeyRing(KeyRing):
             state = self._create_first(purpose)
         return state.secret[purpose][state.current[purpose]]
 
+    def redaction_key(self) -> RedactionKey:
+        key = self.secret_key(REDACTION)
+        return RedactionKey(kid=key.kid, secret=key.secret)
+
+    def redaction_keys(self) -> dict[str, RedactionKey]:
+        return {kid: RedactionKey(kid=kid, secret=k.secret) for kid, k in self.secret_keys(REDACTION).items()}
+
+    def rotate_redaction_key(self) -> RedactionKey:
+        self.rotate(REDACTION)
+        return self.redaction_key()
+
     def secret_keys(self, purpose: str) -> dict[str, SecretKey]:
         """kid -> every symmetric key of `purpose` that still verifies."""
         self.secret_key(purpose)
@@ -615,7 +708,7 @@ class DatabaseKeyRing(KeyRing):
         created = datetime.now(UTC).replace(microsecond=0)
         if purpose in SECRET_PURPOSES:
             raw = secrets.token_bytes(32)
-            kid = "sk_" + secrets.token_urlsafe(12)
+            kid = redaction_kid(raw) if purpose == REDACTION else "sk_" + secrets.token_urlsafe(12)
             sealed = self._seal(purpose, kid, HMAC_SHA256, raw)
             return KeyRow(kid, purpose, HMAC_SHA256, None, sealed, self._kek_id, state, created)
         private = Ed25519PrivateKey.generate()
@@ -762,3 +855,50 @@ def _make_private_dir(path: Path) -> None:
             raise KeyRingError(f"{path}: exists and is not a directory") from None
         return
     os.chmod(path, 0o700)
+
+
+# --- redaction keys -------------------------------------------------------------------------------------
+
+_REDACTION_HEADER = "# keyturn redaction key "
+
+
+def redaction_kid(secret: bytes) -> str:
+    """A key id derived from the key (stable across processes); 96 bits of a hash reveal nothing of it."""
+    return b64url(hashlib.sha256(b"keyturn redaction key id\x00" + secret).digest())[:16]
+
+
+def load_redaction_key(path: Path) -> RedactionKey:
+    """Read a redaction key file (what `keyturn ledger check-value --key-file` takes, too)."""
+    info = path.stat()
+    if info.st_mode & 0o077:
+        raise KeyRingError(
+            f"{path}: redaction key file is accessible to group/others (mode {stat.filemode(info.st_mode)}); "
+            f"run `chmod 600 {path}`"
+        )
+    lines = [
+        line.strip()
+        for line in path.read_text(encoding="ascii", errors="replace").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    try:
+        if len(lines) != 1:
+            raise ValueError("expected one line of base64url")
+        secret = base64.urlsafe_b64decode(lines[0] + "=" * (-len(lines[0]) % 4))
+    except ValueError as exc:
+        raise KeyRingError(f"{path}: not a keyturn redaction key ({exc})") from exc
+    if len(secret) != 32:
+        raise KeyRingError(f"{path}: a redaction key is 32 bytes, this one is {len(secret)}")
+    return RedactionKey(kid=redaction_kid(secret), secret=secret)
+
+
+def _write_new_redaction_key(directory: Path) -> RedactionKey:
+    secret = secrets.token_bytes(32)
+    kid = redaction_kid(secret)
+    created = datetime.now(UTC).replace(microsecond=0)
+    content = f"{_REDACTION_HEADER}{kid}\n{_CREATED_PREFIX}{created.isoformat()}\n{b64url(secret)}\n"
+    tmp = _write_temp(directory, content.encode("ascii"), 0o600)
+    try:
+        os.link(tmp, directory / f"{kid}.key")
+    finally:
+        tmp.unlink()
+    return RedactionKey(kid=kid, secret=secret)

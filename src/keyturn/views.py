@@ -10,7 +10,7 @@ from typing import Any
 
 from keyturn import workflow
 from keyturn.model import Decision, RequestRecord, RuleMatch, Status
-from keyturn.redact import redact_document
+from keyturn.redact import Redactor
 
 
 def review_url(base_url: str, request_id: str) -> str:
@@ -19,13 +19,14 @@ def review_url(base_url: str, request_id: str) -> str:
     return f"{base_url}/v1/actions/{request_id}"
 
 
-def request_view(record: RequestRecord, *, base_url: str) -> dict[str, Any]:
+def request_view(record: RequestRecord, *, base_url: str, redactor: Redactor) -> dict[str, Any]:
     """The request as people and agents see it: secrets redacted, route and outstanding approvals spelled out.
 
     Redaction covers the whole view, as it does every ledger event: the paths policy names (in `params`,
     `approved_params`, `context`, `justification`) and, anywhere (resource, comments, result detail),
     values that look like credentials. `history` and `grant` are left to the caller: they depend on who
-    is looking.
+    is looking. `redactor` is the server's (`Keyturn.redactor`): markers carry the same keyed digests as the
+    ledger's, so a surface never offers an unkeyed digest that a guess could be checked against.
     """
     request = record.request
     verdict = record.verdict
@@ -77,7 +78,7 @@ def request_view(record: RequestRecord, *, base_url: str) -> dict[str, Any]:
     approved = tuple(
         p.replace("params.", "approved_params.", 1) for p in redaction if p.startswith("params.")
     )
-    return redact_document(view, (*redaction, *approved))
+    return redactor.document(view, (*redaction, *approved))
 
 
 def _visible_rule(match: RuleMatch) -> dict[str, Any]:

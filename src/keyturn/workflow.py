@@ -16,7 +16,8 @@ The guarantees live here and only here:
 6. nothing is decided after expiry;
 7. a grant is consumed at most once, and only with the approved params;
 8. (unknown actions follow `defaults.decision`: the policy engine's job);
-9. events carry redacted payloads only;
+9. events carry redacted payloads only, with digests keyed by the `Redactor` the caller passes (the
+   server's, holding its redaction key; `UNKEYED` is the plain-SHA-256 default for tests and tools);
 10. a `step_up` route counts an approval only from a reviewer who proved presence for it: a passkey assertion
     or an identity-provider login fresher than the route's `step_up_max_age` (never a chat click or a token).
 
@@ -50,7 +51,7 @@ from keyturn.model import (
     params_digest,
     same_identity,
 )
-from keyturn.redact import redact_document, redact_params
+from keyturn.redact import UNKEYED, Redactor, mask
 
 # --- errors -------------------------------------------------------------------------------------------
 
@@ -160,13 +161,19 @@ class Transition:
 
 @dataclass(frozen=True)
 class GrantPresentation:
-    """What an executor presents: the verified claims of a signed grant token."""
+    """What an executor presents: the verified claims of a signed grant token.
+
+    `resource` is the resource as the token shows it, credentials masked (`keyturn.redact.mask`);
+    `resource_digest` is the keyed digest of the whole resource, which is what binds it. A token without a
+    digest binds only a resource that has nothing to mask.
+    """
 
     grant_id: str
     request_id: str
     action: str
     resource: str
     params_digest: str
+    resource_digest: str | None = None
 
 
 Reevaluate = Callable[[ActionRequest], Verdict]
@@ -176,7 +183,13 @@ Reevaluate = Callable[[ActionRequest], Verdict]
 
 
 def submit(
-    request_id: str, request: ActionRequest, verdict: Verdict, now: datetime, grant_id: str
+    request_id: str,
+    request: ActionRequest,
+    verdict: Verdict,
+    now: datetime,
+    grant_id: str,
+    *,
+    redactor: Redactor = UNKEYED,
 ) -> Transition:
     """Record a new request and what policy said about it."""
     base = RequestRecord(
@@ -187,7 +200,15 @@ def submit(
         created_at=now,
         updated_at=now,
     )
-    submitted = _event(EventType.SUBMITTED, request.requester.id, base, now, _submitted_payload(base))
+    submitted = _event(
+        EventType.SUBMITTED,
+        request.requester.id,
+        base,
+        now,
+        _submitted_payload(base),
+        redactor,
+        paths=_redaction_paths(base),  # params.x, context.y, justification: the payload's own keys
+    )
     if verdict.decision is Decision.ALLOW:
         record = _with_grant(
             base.model_copy(update={"status": Status.ALLOWED, "approved_params": request.params}),
@@ -195,13 +216,15 @@ def submit(
             now,
         )
         allowed = _event(
-            EventType.ALLOWED, "policy", record, now, {"rules": list(verdict.matched_rule_names)}
+            EventType.ALLOWED, "policy", record, now, {"rules": list(verdict.matched_rule_names)}, redactor
         )
-        return Transition(record, (submitted, allowed, _grant_issued(record, now)))
+        return Transition(record, (submitted, allowed, _grant_issued(record, now, redactor)))
     if verdict.decision is Decision.DENY:
         record = base.model_copy(update={"status": Status.DENIED})
         payload = {"reason": verdict.reason, "by": "policy", "rules": list(verdict.matched_rule_names)}
-        return Transition(record, (submitted, _event(EventType.DENIED, "policy", record, now, payload)))
+        return Transition(
+            record, (submitted, _event(EventType.DENIED, "policy", record, now, payload, redactor))
+        )
     route = _require_route(verdict)
     record = base.model_copy(update={"expires_at": now + route.ttl})
     pending = _event(
@@ -214,6 +237,7 @@ def submit(
             "requirements": [r.model_dump(mode="json") for r in route.requirements],
             "notify": list(route.notify),
         },
+        redactor,
     )
     return Transition(record, (submitted, pending))
 
@@ -231,6 +255,7 @@ def review(
     edited_params: Mapping[str, Any] | None = None,
     reevaluate: Reevaluate | None = None,
     grant_id: str,
+    redactor: Redactor = UNKEYED,
 ) -> Transition:
     """Apply one human's decision. Raises a `ReviewRefused` for any review the guarantees forbid."""
     refusal = review_refusal(record, reviewer, now, decision)
@@ -254,8 +279,15 @@ def review(
         return Transition(
             record,
             (
-                _reviewed(record, entry, now),
-                _event(EventType.DENIED, reviewer.id, record, now, {"reason": comment, "by": reviewer.id}),
+                _reviewed(record, entry, now, redactor),
+                _event(
+                    EventType.DENIED,
+                    reviewer.id,
+                    record,
+                    now,
+                    {"reason": comment, "by": reviewer.id},
+                    redactor,
+                ),
             ),
         )
 
@@ -271,11 +303,19 @@ def review(
                 record,
                 now,
                 {
-                    "before": redact_params(current, record.verdict.redactions),
-                    "after": redact_params(new_params, record.verdict.redactions),
+                    "before": current,
+                    "after": new_params,
                     "before_digest": params_digest(current),
                     "after_digest": params_digest(new_params),
                 },
+                redactor,
+                # redacted once, here: the route's params.x paths name before.x and after.x
+                paths=[
+                    f"{side}.{p.removeprefix('params.')}"
+                    for p in record.verdict.redactions
+                    if p.startswith("params.")
+                    for side in ("before", "after")
+                ],
             )
         )
         current = new_params
@@ -300,7 +340,7 @@ def review(
         )
     reviews = (*record.reviews, entry)
     record = _bump(record, now, reviews=reviews)
-    events.insert(0, _reviewed(record, entry, now))
+    events.insert(0, _reviewed(record, entry, now, redactor))
     if len(after) < _slots(route.requirements):
         return Transition(record, tuple(events))
     record = _with_grant(
@@ -321,9 +361,10 @@ def review(
                 "params_digest": params_digest(current),
                 "edited": current != record.request.params,
             },
+            redactor,
         )
     )
-    events.append(_grant_issued(record, now))
+    events.append(_grant_issued(record, now, redactor))
     return Transition(record, tuple(events))
 
 
@@ -528,25 +569,34 @@ def effective_params(record: RequestRecord) -> dict[str, Any]:
 # --- cancel, expire, escalate -------------------------------------------------------------------------
 
 
-def cancel(record: RequestRecord, actor: Principal, now: datetime, reason: str = "") -> Transition:
+def cancel(
+    record: RequestRecord,
+    actor: Principal,
+    now: datetime,
+    reason: str = "",
+    *,
+    redactor: Redactor = UNKEYED,
+) -> Transition:
     if actor.id != record.request.requester.id:
         raise NotRequester(f"only the requester ({record.request.requester.id}) can cancel this request")
     _require_pending(record, now)
     record = _bump(record, now, status=Status.CANCELLED)
-    return Transition(record, (_event(EventType.CANCELLED, actor.id, record, now, {"reason": reason}),))
+    cancelled = _event(EventType.CANCELLED, actor.id, record, now, {"reason": reason}, redactor)
+    return Transition(record, (cancelled,))
 
 
-def expire(record: RequestRecord, now: datetime) -> Transition:
+def expire(record: RequestRecord, now: datetime, *, redactor: Redactor = UNKEYED) -> Transition:
     """Fail closed: a pending request past its deadline, or an unused grant past its expiry, ends expired."""
     if record.status is Status.PENDING and record.expires_at is not None and now >= record.expires_at:
         record = _bump(record, now, status=Status.EXPIRED)
         payload = {"expired_at": _iso(now), "still_needed": outstanding_before_expiry(record)}
-        return Transition(record, (_event(EventType.EXPIRED, "system", record, now, payload),))
+        return Transition(record, (_event(EventType.EXPIRED, "system", record, now, payload, redactor),))
     grant = record.grant
     if record.status.runnable and grant is not None and grant.consumed_at is None and now >= grant.expires_at:
         record = _bump(record, now, status=Status.EXPIRED)
         payload = {"grant_id": grant.id, "expired_at": _iso(now)}
-        return Transition(record, (_event(EventType.GRANT_EXPIRED, "system", record, now, payload),))
+        expired = _event(EventType.GRANT_EXPIRED, "system", record, now, payload, redactor)
+        return Transition(record, (expired,))
     raise NothingToDo(f"request {record.id} is not due to expire")
 
 
@@ -567,7 +617,7 @@ def next_deadline(record: RequestRecord) -> datetime | None:
     return None
 
 
-def escalate(record: RequestRecord, now: datetime) -> Transition:
+def escalate(record: RequestRecord, now: datetime, *, redactor: Redactor = UNKEYED) -> Transition:
     """Move to the next escalation step when it is due. The request stays pending."""
     route = record.verdict.route
     if record.status is not Status.PENDING or route is None or record.escalation_level >= len(route.escalate):
@@ -583,22 +633,27 @@ def escalate(record: RequestRecord, now: datetime) -> Transition:
         "notify": list(step.notify),
         "still_needed": outstanding(record),
     }
-    return Transition(record, (_event(EventType.ESCALATED, "system", record, now, payload),))
+    return Transition(record, (_event(EventType.ESCALATED, "system", record, now, payload, redactor),))
 
 
-def due_transition(record: RequestRecord, now: datetime) -> Transition:
+def due_transition(record: RequestRecord, now: datetime, *, redactor: Redactor = UNKEYED) -> Transition:
     """The timer transition due now: expiry wins over escalation."""
     try:
-        return expire(record, now)
+        return expire(record, now, redactor=redactor)
     except NothingToDo:
-        return escalate(record, now)
+        return escalate(record, now, redactor=redactor)
 
 
 # --- grants -------------------------------------------------------------------------------------------
 
 
 def consume_grant(
-    record: RequestRecord, presented: GrantPresentation, executor: Principal, now: datetime
+    record: RequestRecord,
+    presented: GrantPresentation,
+    executor: Principal,
+    now: datetime,
+    *,
+    redactor: Redactor = UNKEYED,
 ) -> Transition:
     """Flip an allowed/approved request to executing. The store applies it with a conditional update."""
     grant = record.grant
@@ -611,9 +666,16 @@ def consume_grant(
     if now >= grant.expires_at:
         raise GrantExpired(f"grant {grant.id} expired at {_iso(grant.expires_at)}")
     approved = record.approved_params if record.approved_params is not None else record.request.params
+    resource = record.request.resource
+    if presented.resource_digest is None:
+        resource_bound = presented.resource == resource and mask(resource) == resource
+    else:
+        resource_bound = presented.resource == mask(resource) and redactor.matches(
+            presented.resource_digest, resource
+        )
     if (
         presented.action != record.request.action
-        or presented.resource != record.request.resource
+        or not resource_bound
         or presented.params_digest != grant.params_digest
         or grant.params_digest != params_digest(approved)
     ):
@@ -626,7 +688,8 @@ def consume_grant(
         grant=grant.model_copy(update={"consumed_at": now}),
     )
     payload = {"grant_id": grant.id, "params_digest": grant.params_digest, "executor": executor.id}
-    return Transition(record, (_event(EventType.GRANT_CONSUMED, executor.id, record, now, payload),))
+    consumed = _event(EventType.GRANT_CONSUMED, executor.id, record, now, payload, redactor)
+    return Transition(record, (consumed,))
 
 
 def report_result(
@@ -637,6 +700,7 @@ def report_result(
     *,
     output_digest: str | None = None,
     detail: str = "",
+    redactor: Redactor = UNKEYED,
 ) -> Transition:
     if record.status is Status.EXECUTING and not (
         same_identity(actor.id, record.executor) or same_identity(actor.id, record.request.requester.id)
@@ -648,8 +712,7 @@ def report_result(
     result = {"status": status.value, "output_digest": output_digest, "detail": detail}
     record = _bump(record, now, status=status, result=result)
     event_type = EventType.SUCCEEDED if succeeded else EventType.FAILED
-    safe = redact_document(result, ())
-    return Transition(record, (_event(event_type, actor.id, record, now, safe),))
+    return Transition(record, (_event(event_type, actor.id, record, now, result, redactor),))
 
 
 # --- invariants (checked by the property tests after every step) --------------------------------------
@@ -737,13 +800,22 @@ def _redaction_paths(record: RequestRecord) -> tuple[str, ...]:
 
 
 def _event(
-    kind: EventType, actor: str, record: RequestRecord, now: datetime, payload: Mapping[str, Any]
+    kind: EventType,
+    actor: str,
+    record: RequestRecord,
+    now: datetime,
+    payload: Mapping[str, Any],
+    redactor: Redactor,
+    *,
+    paths: Sequence[str] = (),
 ) -> Event:
+    """The one place a payload is redacted: once, on the raw values, so a named path's marker carries the
+    digest of the value (as the API view's does), never the digest of a marker."""
     return Event(
         type=kind,
         actor=actor,
         request_id=record.id,
-        payload=redact_document(payload, ()),
+        payload=redactor.document(payload, paths),
         ts=now,
     )
 
@@ -752,19 +824,15 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     request = record.request
     verdict = record.verdict
     route = verdict.route
-    document = redact_document(
-        {"params": request.params, "context": request.context, "justification": request.justification},
-        _redaction_paths(record),
-    )
     return {
         "action": request.action,
         "resource": request.resource,
         "requester": request.requester.id,
         "requester_kind": request.requester.kind.value,
         "on_behalf_of": request.on_behalf_of,
-        "justification": document["justification"],
-        "params": document["params"],
-        "context": document["context"],
+        "justification": request.justification,
+        "params": request.params,
+        "context": request.context,
         "params_digest": params_digest(request.params),
         "idempotency_key": request.idempotency_key,
         "verdict": {
@@ -778,7 +846,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def _reviewed(record: RequestRecord, entry: Review, now: datetime) -> Event:
+def _reviewed(record: RequestRecord, entry: Review, now: datetime, redactor: Redactor) -> Event:
     return _event(
         EventType.REVIEWED,
         entry.reviewer,
@@ -791,10 +859,11 @@ def _reviewed(record: RequestRecord, entry: Review, now: datetime) -> Event:
             "comment": entry.comment,
             "params_digest": entry.params_digest,
         },
+        redactor,
     )
 
 
-def _grant_issued(record: RequestRecord, now: datetime) -> Event:
+def _grant_issued(record: RequestRecord, now: datetime, redactor: Redactor) -> Event:
     grant = record.grant
     assert grant is not None
     return _event(
@@ -803,4 +872,5 @@ def _grant_issued(record: RequestRecord, now: datetime) -> Event:
         record,
         now,
         {"grant_id": grant.id, "params_digest": grant.params_digest, "expires_at": _iso(grant.expires_at)},
+        redactor,
     )

@@ -15,6 +15,7 @@ import pytest
 from keyturn import workflow
 from keyturn.model import ActionRequest, Principal, PrincipalKind, ReviewDecision
 from keyturn.policy import load_policy
+from keyturn.redact import UNKEYED
 from keyturn.views import request_view
 
 POLICY = """\
@@ -65,7 +66,7 @@ def test_a_deny_that_outranks_the_review_rule_keeps_its_redactions(tmp_path: Pat
     assert transition.record.status.value == "denied"
     ledger = json.dumps([e.payload for e in transition.events])
     assert SSN not in ledger and SECRET_WORDS not in ledger
-    assert SSN not in json.dumps(request_view(transition.record, base_url="http://kt"))
+    assert SSN not in json.dumps(request_view(transition.record, base_url="http://kt", redactor=UNKEYED))
 
 
 def test_a_redacted_justification_is_redacted_in_the_ledger_and_the_api(tmp_path: Path) -> None:
@@ -73,14 +74,14 @@ def test_a_redacted_justification_is_redacted_in_the_ledger_and_the_api(tmp_path
     assert transition.record.status.value == "pending"
     submitted = transition.events[0].payload
     assert submitted["justification"]["redacted"].startswith("sha256:")
-    view = request_view(transition.record, base_url="http://kt")
+    view = request_view(transition.record, base_url="http://kt", redactor=UNKEYED)
     assert SECRET_WORDS not in json.dumps(view) and SSN not in json.dumps(view)
     assert view["params"]["rows"] == 10  # only what policy names is hidden
 
 
 def test_a_cel_error_does_not_quote_a_redacted_value_in_the_api(tmp_path: Path) -> None:
     transition = submit(tmp_path, 10, context={"lease": "s.Hunter2VaultToken"})
-    view = json.dumps(request_view(transition.record, base_url="http://kt"))
+    view = json.dumps(request_view(transition.record, base_url="http://kt", redactor=UNKEYED))
     assert "Hunter2VaultToken" not in view
     assert "could not be evaluated" in view  # it failed closed, and says so
 
@@ -106,7 +107,7 @@ def test_the_api_view_redacts_credentials_wherever_they_appear(live_server: Any)
         seen = alice.get(request_id)
     shown = json.dumps(seen)
     assert GITHUB_TOKEN not in shown and "Sup3rS3cret" not in shown
-    assert seen["reviews"][0]["comment"]["redacted"].startswith("sha256:")
+    assert seen["reviews"][0]["comment"]["redacted"].startswith("hmac-sha256:")  # keyed (guarantee 9)
 
 
 def test_on_behalf_of_must_be_a_principal_id(live_server: Any) -> None:
@@ -143,6 +144,6 @@ def test_approved_params_are_redacted_like_the_params() -> None:
         grant_id="gr_2",
     ).record
     assert approved.approved_params == {"rows": 10, "customer_ssn": SSN}
-    view = request_view(approved, base_url="http://kt")
+    view = request_view(approved, base_url="http://kt", redactor=UNKEYED)
     assert SSN not in json.dumps(view)
     assert view["approved_params"]["rows"] == 10

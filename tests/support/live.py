@@ -222,6 +222,7 @@ def write_users_file(path: Path, users: Mapping[str, Mapping[str, Any]]) -> dict
                 "groups": list(spec.get("groups", [])),
                 "roles": list(spec.get("roles", [])),
                 "tokens": [],
+                **({"entra_oid": spec["entra_oid"]} if spec.get("entra_oid") else {}),
             }
             for user_id, spec in users.items()
         ]

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import RequestFactory
+from keyturn import workflow
 from keyturn.grants import GRANT_TYP, GrantError, GrantIssuer, IssuedGrant, verify_grant
-from keyturn.model import RequestRecord, params_digest
+from keyturn.model import ActionRequest, RequestRecord, params_digest
 from keyturn.signing_keys import DirectoryKeyRing as KeyRing
 from keyturn.signing_keys import SigningKey
 
@@ -173,7 +174,7 @@ def test_wrong_typ_is_refused(ring: KeyRing, record: RequestRecord) -> None:
 
 
 @pytest.mark.parametrize(
-    "claim", ["jti", "rid", "act", "res", "pdg", "sub", "iss", "aud", "iat", "nbf", "exp"]
+    "claim", ["jti", "rid", "act", "res", "rdg", "pdg", "sub", "iss", "aud", "iat", "nbf", "exp"]
 )
 def test_missing_claim_is_refused(ring: KeyRing, record: RequestRecord, claim: str) -> None:
     key = ring.signing_key("grant")
@@ -205,3 +206,58 @@ def test_claims_of_the_wrong_type_are_refused(
 def test_malformed_tokens_get_a_grant_error(ring: KeyRing, token: str) -> None:
     with pytest.raises(GrantError):
         verify(ring, token)
+
+
+# --- the resource: bound by its keyed digest, shown masked (issue #13: a `user:password@` in clear) -------
+
+SECRET_RESOURCE = "postgres://admin:Sup3rS3cret@db.internal/customers"
+
+
+def test_a_resource_with_credentials_is_masked_in_the_token_and_bound_by_its_keyed_digest(
+    ring: KeyRing, factory: RequestFactory
+) -> None:
+    request = ActionRequest(
+        action="db.export", resource=SECRET_RESOURCE, params={"rows": 5}, requester=factory.agent
+    )
+    record = workflow.submit("req_secret", request, factory.allow_verdict(), T0, "gr_test").record
+    redactor = ring.redactor()
+    issuer = GrantIssuer(ring.signing_key("grant"), issuer=ISS, audience=AUD, redactor=redactor)
+    issued = issuer.issue(record, "gr_test", record.request.params, T0, TTL)
+    _, payload, _ = segments(issued.token)
+    assert "Sup3rS3cret" not in json.dumps(payload)
+    assert payload["res"] == "postgres://[redacted]@db.internal/customers"
+    assert payload["rdg"].startswith(f"hmac-sha256:{ring.redaction_key().kid}:")
+    claims = verify(ring, issued.token)
+    grant = record.grant
+    assert grant is not None
+    agent = factory.agent
+
+    def present(**changes: Any) -> workflow.GrantPresentation:
+        fields = {
+            "grant_id": grant.id,
+            "request_id": record.id,
+            "action": claims.act,
+            "resource": claims.res,
+            "params_digest": grant.params_digest,
+            "resource_digest": claims.rdg,
+            **changes,
+        }
+        return workflow.GrantPresentation(**fields)
+
+    issued_kid = ring.redaction_key().kid
+    ring.rotate_redaction_key()  # a grant issued before a rotation still binds
+    after_rotation = ring.redactor()
+    consumed = workflow.consume_grant(record, present(), agent, T0, redactor=after_rotation)
+    assert consumed.record.status.value == "executing"
+    other = after_rotation.digest("postgres://admin:Sup3rS3cret@db.internal/other")
+    refusals = [
+        present(resource_digest=other),  # another resource behind the same mask
+        present(resource_digest=None),  # no digest: the masked resource alone binds nothing
+        present(resource=SECRET_RESOURCE, resource_digest=None),
+        present(resource_digest=claims.rdg.replace(issued_kid, "x" * 16)),
+    ]
+    for presented in refusals:
+        with pytest.raises(workflow.GrantMismatch):
+            workflow.consume_grant(record, presented, agent, T0, redactor=after_rotation)
+    with pytest.raises(workflow.GrantMismatch):  # a server without the key cannot be fooled either
+        workflow.consume_grant(record, present(), agent, T0)

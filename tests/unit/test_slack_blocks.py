@@ -28,6 +28,7 @@ from keyturn.model import (
     Route,
     Verdict,
 )
+from keyturn.redact import UNKEYED
 from keyturn.views import request_view
 from support.fake_slack import validate_blocks, validate_view
 
@@ -66,7 +67,7 @@ def view_of(
     if decide is not None:
         comment = "too many rows" if decide is ReviewDecision.DENY else ""
         record = workflow.review(record, ALICE, decide, comment, NOW, grant_id="gr_2").record
-    return request_view(record, base_url="https://keyturn.example")
+    return request_view(record, base_url="https://keyturn.example", redactor=UNKEYED)
 
 
 def action_ids(blocks: list[dict[str, Any]]) -> list[str]:

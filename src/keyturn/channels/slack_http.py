@@ -343,7 +343,7 @@ class Interaction:
         if record is None:
             tell(f"keyturn has no request {request_id}.")
             return Response(status_code=200)
-        view = request_view(record, base_url=self.settings.base_url)
+        view = request_view(record, base_url=self.settings.base_url, redactor=self.svc.redactor)
         if record.status is not Status.PENDING:
             # Decided elsewhere (API, CLI, another card): show the real outcome on this card too.
             if conversation and message_ts:
@@ -391,7 +391,9 @@ class Interaction:
             return _modal_error(COMMENT_BLOCK, f"keyturn has no request {request_id}")
         if record.status is not Status.PENDING:
             self._refresh_card(request_id, metadata)
-            outcome = outcome_summary(request_view(record, base_url=self.settings.base_url))
+            outcome = outcome_summary(
+                request_view(record, base_url=self.settings.base_url, redactor=self.svc.redactor)
+            )
             return _modal_error(COMMENT_BLOCK, f"This request is already {outcome}.")
         # The service decides; asking the workflow first only gets the person its precise reason (the
         # service answers "no request" to someone who may not read the request at all).
@@ -416,7 +418,7 @@ class Interaction:
             return _modal_error(where, exc.message)
         INTERACTIONS.labels(outcome="submitted").inc()
         if metadata.get("c") and metadata.get("t"):
-            shown = request_view(decided, base_url=self.settings.base_url)
+            shown = request_view(decided, base_url=self.settings.base_url, redactor=self.svc.redactor)
             self.background.add_task(self._update, str(metadata["c"]), str(metadata["t"]), shown)
         return Response(status_code=200)  # an empty 200 closes the modal
 
@@ -426,7 +428,7 @@ class Interaction:
         async def refresh() -> None:
             record = await to_thread.run_sync(self.read, request_id)
             if record is not None and metadata.get("c") and metadata.get("t"):
-                view = request_view(record, base_url=self.settings.base_url)
+                view = request_view(record, base_url=self.settings.base_url, redactor=self.svc.redactor)
                 await self._update(str(metadata["c"]), str(metadata["t"]), view)
 
         self.background.add_task(refresh)

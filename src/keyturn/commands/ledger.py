@@ -310,3 +310,101 @@ def report(
         f"{len(evidence['anomalies'])} anomalies; "
         f"ledger {'verified' if verification.ok else 'FAILED verification'}"
     )
+
+
+@app.command("check-value")
+def check_value(
+    seq: Annotated[int, typer.Argument(help="the event's seq", min=0)],
+    path: Annotated[str, typer.Argument(help="dotted path of the redacted value in the event's payload")],
+    value: Annotated[str, typer.Argument(help="the value to check (a string; JSON with --json)")],
+    key_file: Annotated[
+        list[Path],
+        typer.Option(
+            "--key-file", help="a redaction key file from the server's data_dir/redaction (repeatable)"
+        ),
+    ],
+    database: UrlOption = None,
+    bundle: BundleOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="VALUE is JSON (a number, an object…)")] = False,
+) -> None:
+    """Check that a redacted value in the ledger is VALUE, with the server's redaction key.
+
+    The ledger keeps only a keyed digest (HMAC-SHA256) of what it redacts, so holding the ledger is not
+    enough to confirm a guess; an auditor given the key can. Exit 0: it is that value; 1: it is not; 2:
+    the event, path or key is missing. Run `keyturn ledger verify` first to know the event is genuine.
+    """
+    from keyturn.redact import REDACTED_KEY, check_digest, digest_kid
+    from keyturn.signing_keys import KeyRingError, load_redaction_key
+
+    if (database is None) == (bundle is None):
+        raise failure("give exactly one of --database URL or --bundle DIR")
+    keys = {}
+    for file in key_file:
+        try:
+            key = load_redaction_key(file)
+        except (OSError, KeyRingError) as exc:
+            raise failure(f"--key-file {file}: {exc}") from exc
+        keys[key.kid] = key
+    try:
+        candidate: Any = json.loads(value) if as_json else value
+    except ValueError as exc:
+        raise failure(f"VALUE is not JSON ({exc}); without --json it is taken as a string") from exc
+    payload = _event_payload(seq, database, bundle)
+    node: Any = payload
+    for part in (p for p in path.split(".") if p):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise failure(f"event {seq} has nothing at {path!r} (stopped at {part!r})")
+    if not (isinstance(node, dict) and set(node) == {REDACTED_KEY} and isinstance(node[REDACTED_KEY], str)):
+        raise failure(f"{path!r} of event {seq} is not redacted: it is in the event as it is")
+    digest = node[REDACTED_KEY]
+    kid = digest_kid(digest)
+    if kid is not None and kid not in keys:
+        raise failure(f"{path!r} of event {seq} is keyed with key {kid}, which no --key-file holds")
+    if check_digest(digest, candidate, keys):
+        typer.echo(f"match: {path} of event {seq} is that value" + (f" (key {kid})" if kid else " (unkeyed)"))
+        return
+    typer.echo(f"no match: {path} of event {seq} is not that value")
+    raise typer.Exit(1)
+
+
+def _event_payload(seq: int, database: str | None, bundle: Path | None) -> dict[str, Any]:
+    if bundle is not None:
+        from keyturn.ledger.bundle import BundleError, read_bundle
+
+        try:
+            for event in read_bundle(bundle).events():
+                if event.get("seq") == seq:
+                    payload: dict[str, Any] = event.get("payload", {})
+                    return payload
+        except BundleError as exc:
+            raise failure(str(exc)) from exc
+        raise failure(f"no event with seq {seq} in {bundle}")
+    assert database is not None
+    store = _open_store(database)
+    try:
+        events = store.events(after_seq=seq - 1, limit=1)
+    finally:
+        store.close()
+    if not events or events[0].seq != seq:
+        raise failure(f"no event with seq {seq}")
+    return events[0].payload
+
+
+@app.command("rotate-redaction-key")
+def rotate_redaction_key(config: ConfigOption = None) -> None:
+    """Make a new redaction key current (data_dir/redaction). Older keys stay, so every digest they made can
+    still be checked; replicas pick the new key up on their next request."""
+    from keyturn.commands._common import admin_service
+    from keyturn.signing_keys import KeyRingError
+
+    with admin_service(config, None) as admin:
+        try:
+            key = admin.keyring.rotate_redaction_key()
+        except (OSError, KeyRingError) as exc:
+            raise failure(f"redaction key: {exc}") from exc
+        where = admin.keyring.storage
+    typer.echo(f"redaction key {key.kid} is current (kept in the {where})")

@@ -8,7 +8,12 @@ users:
     roles: [auditor]          # admin | auditor; approving comes from groups, no role implies another
     tokens:
       - {id: ktu_Ab3dEf9h, hash: "sha256:…", created: "2030-01-07T09:00:00+00:00", name: laptop}
+    entra_oid: 7d1c3f0e-0b6a-4f4e-9a51-2f0b9b6f1c11   # Microsoft Teams: the `oid` of this person in Entra
 ```
+
+`entra_oid` links a Microsoft Teams account to the user: a click on a Teams card counts as this user's only
+when the clicking account's Entra object id (`from.aadObjectId`, the `oid` claim the same Entra tenant puts in
+its ID tokens) is this one, in the tenant the bot is configured for (docs/channels.md, "Microsoft Teams").
 
 The server re-reads the file when it changes on disk (size, mtime or inode), so `keyturn users add-token`
 and removing a token take effect without a restart. If an edit leaves the file invalid, users-file tokens
@@ -34,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keyturn.identity.errors import AuthenticationError, UsersFileError
 from keyturn.identity.tokens import USER_TOKEN_PREFIX, hash_token, new_token, parse_token, token_matches
@@ -62,6 +67,17 @@ class User(_Strict):
     groups: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ()
     tokens: tuple[UserToken, ...] = ()
+    # The person's Entra object id (a GUID, lower case): how a Teams click is linked to this user.
+    entra_oid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    )
+
+    @field_validator("entra_oid", mode="before")
+    @classmethod
+    def _lower_oid(cls, value: Any) -> Any:
+        # Entra prints object ids in lower case, the Teams admin centre sometimes in upper: one person.
+        return value.strip().lower() if isinstance(value, str) else value
 
     def principal(self) -> Principal:
         return Principal(
@@ -80,10 +96,16 @@ class UsersDocument(_Strict):
     def _unique(self) -> UsersDocument:
         seen_users: set[str] = set()
         seen_tokens: set[str] = set()
+        seen_oids: set[str] = set()
         for user in self.users:
             if user.id in seen_users:
                 raise ValueError(f"user {user.id} is listed twice")
             seen_users.add(user.id)
+            if user.entra_oid is not None:
+                # One Entra account is one person: two users sharing it would let one click count twice.
+                if user.entra_oid in seen_oids:
+                    raise ValueError(f"entra_oid {user.entra_oid} is given to two users")
+                seen_oids.add(user.entra_oid)
             for token in user.tokens:
                 if token.id in seen_tokens:
                     raise ValueError(f"token id {token.id} is used twice")
@@ -156,6 +178,7 @@ class _Snapshot:
     document: UsersDocument | None  # None: the file is invalid right now (fail closed)
     by_token: dict[str, tuple[User, UserToken]]
     by_id: dict[str, User]
+    by_entra_oid: dict[str, User]
 
 
 class UsersFile:
@@ -182,6 +205,10 @@ class UsersFile:
 
     def user(self, user_id: str) -> User | None:
         return self._current().by_id.get(user_id)
+
+    def user_by_entra_oid(self, oid: str) -> User | None:
+        """The user whose `entra_oid` is `oid` (compared in lower case, as Entra spells GUIDs either way)."""
+        return self._current().by_entra_oid.get(oid.strip().lower())
 
     def _current(self) -> _Snapshot:
         try:
@@ -214,6 +241,7 @@ def _snapshot(signature: tuple[int, ...], document: UsersDocument | None) -> _Sn
         document=document,
         by_token={t.id: (u, t) for u in users for t in u.tokens},
         by_id={u.id: u for u in users},
+        by_entra_oid={u.entra_oid: u for u in users if u.entra_oid is not None},
     )
 
 

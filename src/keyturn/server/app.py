@@ -80,6 +80,10 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         from keyturn.channels import slack_http
 
         app.include_router(slack_http.build_router(settings))
+    if settings.channels.teams is not None:  # the Teams SDK is imported only when Teams is configured
+        from keyturn.channels.teams_http import mount as mount_teams
+
+        mount_teams(app, settings.channels.teams)
     return app
 
 

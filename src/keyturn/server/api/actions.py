@@ -25,7 +25,7 @@ MAX_WAIT_SECONDS = 300.0
 
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
-    view = request_view(record, base_url=svc.settings.base_url)
+    view = request_view(record, base_url=svc.settings.base_url, redactor=svc.redactor)
     token = svc.grant_token(who, record)
     if token is not None:
         view["grant"] = token

@@ -1,0 +1,133 @@
+"""Keyed redaction digests (guarantee 9, issue #13 §3) through a real server and the real CLI: someone holding
+only the ledger cannot confirm a guess of a low-entropy secret; the bundle still verifies without the key; an
+auditor given the key can check a value, also after a rotation; a tampered or downgraded digest is caught."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from keyturn.cli import app
+from keyturn.model import canonical_json
+from keyturn.redact import REDACTED_KEY
+from support.live import DEFAULT_POLICY, LiveServer
+
+POLICY = DEFAULT_POLICY.replace(
+    "redact: [params.connection_string]", "redact: [params.connection_string, params.pin]"
+)
+BOT = "agent:deploy-bot"
+ALICE = "user:alice@example.com"
+PIN = "4821"
+runner = CliRunner()
+
+
+def _cli(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+def _export(server: LiveServer, out: Path) -> list[dict[str, Any]]:
+    done = _cli("ledger", "export", "--config", str(server.config_path), "--out", str(out))
+    assert done.exit_code == 0, done.output
+    return [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def _submitted(events: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
+    return next(
+        e for e in events if e.get("request_id") == request_id and e.get("type") == "request.submitted"
+    )
+
+
+def _key_file(server: LiveServer, kid: str) -> str:
+    return str(server.workdir / "data" / "redaction" / f"{kid}.key")
+
+
+def test_keyed_digests_from_ledger_to_auditor(live_servers: Any, tmp_path: Path, database_url: str) -> None:
+    """On SQLite and PostgreSQL: the digest is made before the store sees the event."""
+    server: LiveServer = live_servers(policy=POLICY, database_url=database_url)
+    with server.client(BOT) as bot:
+        first = bot.submit("db.export", "postgres://prod/customers", {"rows": 1, "pin": PIN})["id"]
+    events = _export(server, tmp_path / "bundle")
+    seq = _submitted(events, first)["seq"]
+    digest = _submitted(events, first)["payload"]["params"]["pin"][REDACTED_KEY]
+    kid = digest.split(":")[1]
+    assert digest.startswith(f"hmac-sha256:{kid}:")
+
+    # holding only the ledger: hashing all 10,000 PINs confirms none of them
+    for pin in range(10_000):
+        candidate = canonical_json(f"{pin:04d}")
+        assert hashlib.sha256(candidate).hexdigest() not in digest
+
+    # the bundle verifies without the key
+    assert _cli("ledger", "verify", "--bundle", str(tmp_path / "bundle")).exit_code == 0
+
+    # an auditor given the key checks a value
+    bundle = str(tmp_path / "bundle")
+    key = _key_file(server, kid)
+    match = _cli("ledger", "check-value", str(seq), "params.pin", PIN, "--key-file", key, "--bundle", bundle)
+    assert match.exit_code == 0 and "match" in match.output, match.output
+    wrong = _cli(
+        "ledger", "check-value", str(seq), "params.pin", "4822", "--key-file", key, "--bundle", bundle
+    )
+    assert wrong.exit_code == 1 and "no match" in wrong.output
+    on_db = _cli(
+        "ledger",
+        "check-value",
+        str(seq),
+        "params.pin",
+        PIN,
+        "--key-file",
+        key,
+        "--database",
+        server.database_url,
+    )
+    assert on_db.exit_code == 0, on_db.output
+    not_redacted = _cli(
+        "ledger", "check-value", str(seq), "params.rows", "1", "--key-file", key, "--bundle", bundle
+    )
+    assert not_redacted.exit_code == 2 and "not redacted" in not_redacted.output
+
+    # rotation: new events use the new key, old ones stay checkable with the old key file
+    rotated = _cli("ledger", "rotate-redaction-key", "--config", str(server.config_path))
+    assert rotated.exit_code == 0, rotated.output
+    with server.client(BOT) as bot, server.client(ALICE) as alice:
+        second = bot.submit("db.export", "postgres://prod/customers", {"rows": 2, "pin": PIN})["id"]
+        shown = alice.get(second)["params"]["pin"][REDACTED_KEY]
+    events = _export(server, tmp_path / "bundle2")
+    new_digest = _submitted(events, second)["payload"]["params"]["pin"][REDACTED_KEY]
+    new_kid = new_digest.split(":")[1]
+    assert new_kid != kid and shown == new_digest  # the API view and the ledger agree after a rotation too
+    bundle2 = str(tmp_path / "bundle2")
+    new_key = _key_file(server, new_kid)
+    old_with_new_key = _cli(
+        "ledger", "check-value", str(seq), "params.pin", PIN, "--key-file", new_key, "--bundle", bundle2
+    )
+    assert old_with_new_key.exit_code == 2 and kid in old_with_new_key.output  # names the key it needs
+    both = ["--key-file", new_key, "--key-file", key, "--bundle", bundle2]
+    assert _cli("ledger", "check-value", str(seq), "params.pin", PIN, *both).exit_code == 0
+    new_seq = str(_submitted(events, second)["seq"])
+    assert _cli("ledger", "check-value", new_seq, "params.pin", PIN, *both).exit_code == 0
+
+
+def test_a_tampered_or_downgraded_digest_is_caught(live_servers: Any, tmp_path: Path) -> None:
+    server: LiveServer = live_servers(policy=POLICY)
+    with server.client(BOT) as bot:
+        request_id = bot.submit("db.export", "postgres://prod/customers", {"rows": 1, "pin": PIN})["id"]
+    events = _export(server, tmp_path / "bundle")
+    assert _cli("ledger", "verify", "--bundle", str(tmp_path / "bundle")).exit_code == 0
+    submitted = _submitted(events, request_id)
+    digest = submitted["payload"]["params"]["pin"][REDACTED_KEY]
+    plain = "sha256:" + hashlib.sha256(canonical_json("0000")).hexdigest()
+    flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    for forged in (flipped, plain):  # an edited digest; one swapped for a guessable plain SHA-256
+        copy = tmp_path / f"forged-{forged[:6]}"
+        shutil.copytree(tmp_path / "bundle", copy)
+        path = copy / "events.jsonl"
+        path.write_text(path.read_text().replace(digest, forged))
+        result = _cli("ledger", "verify", "--bundle", str(copy))
+        assert result.exit_code != 0, result.output
+        assert f"seq {submitted['seq']}" in result.output or str(submitted["seq"]) in result.output
