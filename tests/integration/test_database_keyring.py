@@ -138,3 +138,13 @@ def test_repository_counts_rows(store: Store) -> None:
     assert SqlServerKeyRepository(store).count() == 2
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM server_keys WHERE state = 'current'")).scalar() == 2
+
+
+def test_the_redaction_key_is_shared_by_replicas_and_rotates(store: Store) -> None:
+    first = ring(store).redaction_key()
+    assert ring(store).redaction_key() == first  # another replica, same database and KEK
+    rotated = ring(store).rotate_redaction_key()
+    assert rotated != first
+    assert set(ring(store).redaction_keys()) == {first.kid, rotated.kid}  # old digests still check
+    redactor = ring(store).redactor()
+    assert redactor.key == rotated
