@@ -93,6 +93,7 @@ def serve(
 
     from keyturn.config import ConfigError, load_settings
     from keyturn.server.app import create_app
+    from keyturn.server.run import uvicorn_options
     from keyturn.server.startup import StartupError, bind, prepare
 
     try:
@@ -117,13 +118,10 @@ def serve(
         with contextlib.suppress(NameError):
             sock.close()
         _startup_failed(str(exc))
+    options = {k: v for k, v in uvicorn_options(settings).items() if k not in ("host", "port")}
     server = uvicorn.Server(
         uvicorn.Config(
-            application,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=5,
-            ssl_certfile=settings.tls_certfile,
-            ssl_keyfile=settings.tls_keyfile,
+            application, ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile, **options
         )
     )
     server.run(sockets=[sock])

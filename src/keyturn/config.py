@@ -130,6 +130,27 @@ class ChannelsSettings(BaseModel):
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict, description="name -> endpoint")
 
 
+class ServerSettings(BaseModel):
+    """HTTP serving bounds (docs/operations.md): slow or hostile clients cannot hold the server."""
+
+    model_config = ConfigDict(extra="forbid")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a client has to send a request's headers (slowloris)"
+    )
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="seconds an idle connection stays open")
+    limit_concurrency: int | None = Field(
+        default=1000,
+        ge=1,
+        description="connections + requests at once; more get 503 at once (null: no limit)",
+    )
+    shutdown_timeout: float = Field(
+        default=5.0, ge=0, description="seconds SIGTERM waits for requests in flight before closing them"
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="largest request body; larger ones get 413 before being read"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of `keyturn serve`. `keyturn serve --help` lists them."""
 
@@ -173,6 +194,7 @@ class Settings(BaseSettings):
         default_factory=ChannelsSettings, description="where notifications go: slack, teams, webhooks"
     )
     log_level: str = Field(default="info", description="critical, error, warning, info or debug")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP serving bounds")
 
     @classmethod
     def settings_customise_sources(

@@ -7,8 +7,11 @@ server, channels and CLI only move these values around.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import re
+import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -58,6 +61,7 @@ class Authentication(Frozen):
     at: datetime | None = None
     amr: tuple[str, ...] = ()  # OIDC authentication methods references, as the provider said them
     acr: str | None = None
+    expires_at: datetime | None = None  # when the credential stops being valid (a JWT's `exp`), if it says
 
 
 class Principal(Frozen):
@@ -68,11 +72,87 @@ class Principal(Frozen):
     display_name: str | None = None
     authn: Authentication | None = None  # None: unknown, which a step-up route treats as not fresh
 
+    @field_validator("id")
+    @classmethod
+    def _canonical_id(cls, value: str) -> str:
+        # Whoever builds a principal (an authenticator, a chat link, a stored record read back) holds the
+        # canonical form, so that even a plain `==` compares one human with one human.
+        return fold_principal_id(value)
+
+
+# --- principal ids: one canonical form ----------------------------------------------------------------
+#
+# One human must be one principal whatever credential they use (users file, OIDC, a chat link) and however
+# the id is spelled: `user:Alice@Example.com` and `user:alice@example.com` are one reviewer (guarantee 3).
+# The canonical form: surrounding whitespace stripped, Unicode NFKC (fullwidth letters are ASCII letters, the
+# ligature fi is f + i), full case folding of the whole id (`ß` is `ss`), and punycode domain labels decoded
+# (`xn--bcher-kva` is `bücher`). `fold_principal_id` computes it and never fails (stored values and every
+# comparison go through it); `canonical_principal_id` also refuses ids that are ambiguous (invisible, control
+# or space characters, malformed e-mail addresses) and is what every entry point calls.
+
+MAX_PRINCIPAL_ID = 320
+_PRINCIPAL_KIND = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def fold_principal_id(raw: str) -> str:
+    """The canonical spelling of a principal id, without judging it (see `canonical_principal_id`)."""
+    text = unicodedata.normalize("NFKC", raw.strip())
+    text = unicodedata.normalize("NFKC", text.casefold())  # casefold may leave a non-NFKC string
+    kind, colon, name = text.partition(":")
+    local, at, domain = name.rpartition("@")
+    if colon and at and "xn--" in domain:
+        labels = []
+        for label in domain.split("."):
+            if label.startswith("xn--"):
+                with contextlib.suppress(UnicodeError):  # left as it is: canonical_principal_id refuses it
+                    label = label.encode("ascii").decode("idna").casefold()
+            labels.append(label)
+        text = f"{kind}:{local}@{'.'.join(labels)}"
+    return text
+
+
+def principal_id_problem(raw: str) -> str | None:
+    """Why `raw` is not an acceptable principal id, or None."""
+    folded = fold_principal_id(raw)
+    kind, colon, name = folded.partition(":")
+    if not colon or not kind or not name:
+        return f"a principal id is KIND:NAME, like user:alice@example.com or agent:deploy-bot; got {raw!r}"
+    if not _PRINCIPAL_KIND.fullmatch(kind):
+        return f"the kind of a principal id is letters, digits, - and _ (like user or agent); got {raw!r}"
+    if len(folded) > MAX_PRINCIPAL_ID:
+        return f"a principal id is not longer than {MAX_PRINCIPAL_ID} characters"
+    for char in name:
+        if unicodedata.category(char)[0] in "CZ":  # control, format (zero-width, bidi), unassigned, spaces
+            return (
+                f"a principal id must not contain invisible, control or space characters"
+                f" (U+{ord(char):04X} in {raw!r})"
+            )
+    if "@" in name:  # an e-mail address: one spelling only
+        local, _, domain = name.rpartition("@")
+        if "@" in local:
+            return f"an e-mail address has exactly one @; got {raw!r}"
+        if not local:
+            return f"the e-mail address has no local part; got {raw!r}"
+        labels = domain.split(".")
+        if not domain or any(not label for label in labels):
+            return f"the e-mail address has an empty domain or domain label (a trailing dot?); got {raw!r}"
+        if any(label.startswith("xn--") for label in labels):
+            return f"the e-mail address has a domain label that is not valid punycode; got {raw!r}"
+    return None
+
+
+def canonical_principal_id(raw: str) -> str:
+    """The canonical form of a principal id; ValueError (naming the problem) for an ambiguous one."""
+    problem = principal_id_problem(raw)
+    if problem is not None:
+        raise ValueError(problem)
+    return fold_principal_id(raw)
+
 
 def same_identity(a: str | None, b: str | None) -> bool:
-    """Whether two principal ids name the same identity. Case-insensitive, so that `User:Alice@…` sent as
-    `on_behalf_of` cannot slip past the checks that keep `user:alice@…` from approving (fails closed)."""
-    return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
+    """Whether two principal ids name the same identity: equal canonical forms (fails closed: a spelling
+    such as `User:ALICE@…` in fullwidth letters sent as `on_behalf_of` is still alice)."""
+    return a is not None and b is not None and fold_principal_id(a) == fold_principal_id(b)
 
 
 # --- requests and verdicts ----------------------------------------------------------------------------
@@ -88,7 +168,15 @@ class ActionRequest(Frozen):
     context: dict[str, Any] = Field(default_factory=dict)
     requester: Principal
     on_behalf_of: str | None = None
+    # True when the agent proved `on_behalf_of` with a token-exchange token (RFC 8693) naming it as actor;
+    # False when it only asserted it.
+    on_behalf_of_verified: bool = False
     idempotency_key: str | None = None
+
+    @field_validator("on_behalf_of")
+    @classmethod
+    def _canonical_on_behalf_of(cls, value: str | None) -> str | None:
+        return None if value is None else fold_principal_id(value)
 
     @field_validator("params", "context")
     @classmethod
@@ -147,6 +235,7 @@ class Route(Frozen):
     step_up_max_age: timedelta = timedelta(minutes=5)
     grant_ttl: timedelta = timedelta(minutes=5)
     secrets: tuple[str, ...] = ()  # names of brokered secrets handed over with the grant
+    executors: tuple[str, ...] = ()  # who may consume the grant ("agent:x", "group:ci"); () = the requester
 
     def describe(self) -> str:
         return " and ".join(r.describe() for r in self.requirements)
@@ -172,6 +261,7 @@ class Verdict(Frozen):
     policy_revision: str = ""
     grant_ttl: timedelta = timedelta(minutes=5)  # for allow; review uses route.grant_ttl
     secrets: tuple[str, ...] = ()  # for allow; review uses route.secrets
+    executors: tuple[str, ...] = ()  # for allow; review uses route.executors
     # What every matching rule asks to redact, whatever decision won: a deny that outranks a review rule
     # must not drop that rule's redactions (the submitted event is written either way).
     redact: tuple[str, ...] = ()
@@ -184,6 +274,11 @@ class Verdict(Frozen):
     def brokered_secrets(self) -> tuple[str, ...]:
         """Names of the brokered secrets handed to the executor with the grant."""
         return self.route.secrets if self.route else self.secrets
+
+    @property
+    def grant_executors(self) -> tuple[str, ...]:
+        """Who may consume the grant instead of the requester (`agent:x`, `group:ci`); () = the requester."""
+        return self.route.executors if self.route else self.executors
 
     @property
     def redactions(self) -> tuple[str, ...]:
@@ -227,13 +322,18 @@ class ReviewDecision(StrEnum):
 
 
 class Review(Frozen):
-    reviewer: str
+    reviewer: str  # canonical principal id
     reviewer_groups: frozenset[str]  # membership at the moment of review
     decision: ReviewDecision
     comment: str = ""
     params: dict[str, Any] | None = None  # edited params, when the reviewer narrowed them
     params_digest: str | None = None  # digest of the params this approval approved
     at: datetime
+
+    @field_validator("reviewer")
+    @classmethod
+    def _canonical_reviewer(cls, value: str) -> str:
+        return fold_principal_id(value)
 
 
 class GrantRecord(Frozen):
@@ -265,6 +365,11 @@ class RequestRecord(Frozen):
     result: dict[str, Any] | None = None
     version: int = 0  # optimistic concurrency: every transition bumps it
 
+    @field_validator("executor")
+    @classmethod
+    def _canonical_executor(cls, value: str | None) -> str | None:
+        return None if value is None else fold_principal_id(value)
+
     @property
     def route(self) -> Route | None:
         return self.verdict.route
@@ -284,6 +389,7 @@ class EventType(StrEnum):
     GRANT_ISSUED = "grant.issued"
     GRANT_CONSUMED = "grant.consumed"
     GRANT_EXPIRED = "grant.expired"
+    GRANT_REFUSED = "grant.refused"  # presented by someone the grant is not bound to
     SUCCEEDED = "request.succeeded"
     FAILED = "request.failed"
     # Administration (actor: the admin). No request: `request_id` is None.

@@ -90,6 +90,7 @@ class Submission:
     context: dict[str, Any] = field(default_factory=dict)
     on_behalf_of: str | None = None
     idempotency_key: str | None = None
+    on_behalf_of_verified: bool = False  # proven by a token-exchange token (keyturn.identity)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class Keyturn:
             context=submission.context,
             requester=principal,
             on_behalf_of=submission.on_behalf_of,
+            on_behalf_of_verified=submission.on_behalf_of_verified,
             idempotency_key=submission.idempotency_key,
         )
         now = self.clock()
@@ -326,10 +328,15 @@ class Keyturn:
         )
 
         handed_over: dict[str, str] = {}
+        not_holder: list[workflow.GrantNotHolder] = []
 
         def step(record: RequestRecord, at: datetime) -> workflow.Transition:
-            # refusals come first
-            transition = workflow.consume_grant(record, presented, principal, at, redactor=self.redactor)
+            not_holder.clear()
+            try:  # refusals come first
+                transition = workflow.consume_grant(record, presented, principal, at, redactor=self.redactor)
+            except workflow.GrantNotHolder as refused:
+                not_holder.append(refused)
+                return refused.refusal  # a grant presented by someone else: ledger it, then refuse
             # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
             # over must leave the grant unused, not strand the request in `executing` with nothing to run.
             handed_over.update(brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets))
@@ -340,6 +347,9 @@ class Keyturn:
         except ServiceError:
             metrics.GRANTS.labels(outcome="refused").inc()
             raise
+        if not_holder:
+            metrics.GRANTS.labels(outcome="refused").inc()
+            raise Forbidden(not_holder[0].message, {"code": not_holder[0].code, "field": "grant"})
         metrics.GRANTS.labels(outcome="consumed").inc()
         params = record.approved_params if record.approved_params is not None else record.request.params
         return Consumed(record=record, params=params, secrets=handed_over)

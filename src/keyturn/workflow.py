@@ -48,6 +48,7 @@ from keyturn.model import (
     Route,
     Status,
     Verdict,
+    fold_principal_id,
     params_digest,
     same_identity,
 )
@@ -132,6 +133,17 @@ class GrantMismatch(GrantRefused):
 
 class GrantExpired(GrantRefused):
     code = "grant_expired"
+
+
+class GrantNotHolder(GrantRefused):
+    """The grant is bound to another principal. `refusal` is the transition that ledgers the attempt: the
+    caller applies it (the request's state does not change, only its version) and then refuses."""
+
+    code = "grant_not_holder"
+
+    def __init__(self, message: str, refusal: Transition) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 class ResultRefused(WorkflowError):
@@ -518,7 +530,11 @@ def _assignment(requirements: Sequence[Requirement], approvals: Sequence[Review]
     """
     slots = [i for i, req in enumerate(requirements) for _ in range(req.count)]
     slot_owner: dict[int, str] = {}
-    groups = {a.reviewer: a.reviewer_groups for a in approvals}
+    # Keyed by the canonical id: one human counts once, whatever spelling a stored review has.
+    groups: dict[str, frozenset[str]] = {}
+    for approval in approvals:
+        who = fold_principal_id(approval.reviewer)
+        groups[who] = groups.get(who, frozenset()) | approval.reviewer_groups
 
     def fits(who: str, slot: int) -> bool:
         return bool(groups[who] & set(requirements[slots[slot]].groups))
@@ -577,7 +593,7 @@ def cancel(
     *,
     redactor: Redactor = UNKEYED,
 ) -> Transition:
-    if actor.id != record.request.requester.id:
+    if not same_identity(actor.id, record.request.requester.id):
         raise NotRequester(f"only the requester ({record.request.requester.id}) can cancel this request")
     _require_pending(record, now)
     record = _bump(record, now, status=Status.CANCELLED)
@@ -655,10 +671,28 @@ def consume_grant(
     *,
     redactor: Redactor = UNKEYED,
 ) -> Transition:
-    """Flip an allowed/approved request to executing. The store applies it with a conditional update."""
+    """Flip an allowed/approved request to executing. The store applies it with a conditional update.
+
+    A grant binds its holder: the requester, or the executors the policy names instead (principal ids or
+    `group:NAME`). Anyone else presenting it is refused with `GrantNotHolder`, whose refusal is ledgered.
+    """
     grant = record.grant
     if grant is None or grant.id != presented.grant_id or presented.request_id != record.id:
         raise GrantMismatch("this grant does not belong to this request")
+    if not may_consume(record, executor):
+        named = record.verdict.grant_executors
+        holders = ", ".join(named) if named else f"its requester {record.request.requester.id}"
+        reason = f"grant {grant.id} is bound to {holders}; {executor.id} may not consume it"
+        payload = {
+            "grant_id": grant.id,
+            "presented_by": executor.id,
+            "presented_by_groups": sorted(executor.groups),
+            "bound_to": list(named) or [record.request.requester.id],
+            "reason": reason,
+        }
+        refused = record.model_copy(update={"version": record.version + 1})  # nothing else changes
+        event = _event(EventType.GRANT_REFUSED, executor.id, refused, now, payload, redactor)
+        raise GrantNotHolder(reason, Transition(refused, (event,)))
     if grant.consumed_at is not None:
         raise GrantAlreadyConsumed(f"grant {grant.id} was already consumed")
     if not record.status.runnable:
@@ -690,6 +724,20 @@ def consume_grant(
     payload = {"grant_id": grant.id, "params_digest": grant.params_digest, "executor": executor.id}
     consumed = _event(EventType.GRANT_CONSUMED, executor.id, record, now, payload, redactor)
     return Transition(record, (consumed,))
+
+
+def may_consume(record: RequestRecord, executor: Principal) -> bool:
+    """Whether `executor` is a holder of the request's grant (see `consume_grant`)."""
+    named = record.verdict.grant_executors
+    if not named:
+        return same_identity(executor.id, record.request.requester.id)
+    for entry in named:
+        if entry.startswith("group:"):
+            if entry.removeprefix("group:") in executor.groups:
+                return True
+        elif same_identity(entry, executor.id):
+            return True
+    return False
 
 
 def report_result(
@@ -731,7 +779,7 @@ def invariant_violations(record: RequestRecord) -> list[str]:
             problems.append("a deny without reason")
         if record.expires_at is not None and entry.at >= record.expires_at:
             problems.append("a review after expiry")
-    if len({(r.reviewer, r.params_digest) for r in record.reviews}) != len(record.reviews):
+    if len({(fold_principal_id(r.reviewer), r.params_digest) for r in record.reviews}) != len(record.reviews):
         problems.append("one human reviewed the same params twice")
     if record.status is Status.APPROVED or (
         record.status in (Status.EXECUTING, Status.SUCCEEDED, Status.FAILED)
@@ -830,6 +878,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
         "requester": request.requester.id,
         "requester_kind": request.requester.kind.value,
         "on_behalf_of": request.on_behalf_of,
+        "on_behalf_of_verified": request.on_behalf_of_verified,
         "justification": request.justification,
         "params": request.params,
         "context": request.context,

@@ -24,7 +24,6 @@ from support.live import LiveServer, start_server
 pytestmark = pytest.mark.postgresql
 
 AGENT = "agent:deploy-bot"
-EXECUTOR = "agent:exec-bot"
 ALICE = "user:alice@example.com"
 
 
@@ -72,7 +71,7 @@ def test_two_hundred_concurrent_consumes_across_two_replicas_succeed_once(
         answer = agent.submit("test.allow", "svc://x", {"n": 1})
     grant, request_id = answer["grant"], answer["id"]
     start = threading.Barrier(40)
-    token = one.tokens[EXECUTOR]
+    token = one.tokens[AGENT]  # a grant binds its holder: the requester (issue #13)
 
     def consume(i: int) -> tuple[int, str]:
         url = (one if i % 2 else two).url

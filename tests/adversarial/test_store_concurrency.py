@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from keyturn import workflow
-from keyturn.model import EventType, RequestRecord, ReviewDecision, Status
+from keyturn.model import Decision, EventType, RequestRecord, ReviewDecision, Status, Verdict
 from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, Store
 
 if TYPE_CHECKING:
@@ -47,6 +47,11 @@ def assert_ledger_is_contiguous(store: Store, expected_size: int) -> None:
         assert event.leaf_hash == hashlib.sha256(b"\x00" + event.leaf_bytes()).hexdigest()
 
 
+RUNNERS_MAY_CONSUME = Verdict(
+    decision=Decision.ALLOW, policy_revision="sha256:test", executors=("group:runners",)
+)
+
+
 def consume_transition(factory: RequestFactory, record: RequestRecord, executor: str) -> workflow.Transition:
     assert record.grant is not None
     presented = workflow.GrantPresentation(
@@ -56,7 +61,8 @@ def consume_transition(factory: RequestFactory, record: RequestRecord, executor:
         resource=record.request.resource,
         params_digest=record.grant.params_digest,
     )
-    return workflow.consume_grant(record, presented, factory.human(executor), factory.now)
+    # the runners are the executors the verdict names (a grant binds its holder)
+    return workflow.consume_grant(record, presented, factory.human(executor, "runners"), factory.now)
 
 
 # --- worker processes (top level, so that spawned children can import them) -------------------------
@@ -127,7 +133,7 @@ def test_seq_is_contiguous_across_processes(database_url: str, store: Store, fac
 
 
 def test_200_concurrent_consumers_exactly_one_wins(store: Store, factory: RequestFactory) -> None:
-    record = factory.insert(store, factory.allow_verdict())
+    record = factory.insert(store, RUNNERS_MAY_CONSUME)
     factory.tick()
     attempts = [consume_transition(factory, record, f"runner{i}") for i in range(200)]
     outcomes = run_together([lambda t=t: store.apply(t, record.version) for t in attempts])
@@ -144,7 +150,7 @@ def test_200_concurrent_consumers_exactly_one_wins(store: Store, factory: Reques
 def test_200_consumers_in_two_processes_exactly_one_wins(
     database_url: str, store: Store, factory: RequestFactory
 ) -> None:
-    record = factory.insert(store, factory.allow_verdict())
+    record = factory.insert(store, RUNNERS_MAY_CONSUME)
     factory.tick()
     attempts = [consume_transition(factory, record, f"runner{i}") for i in range(200)]
     context = multiprocessing.get_context("spawn")

@@ -634,7 +634,8 @@ def test_a_result_before_consume_is_refused() -> None:
 
 
 def test_only_the_executor_or_requester_reports_the_result() -> None:
-    record = approved_record()
+    named = review_verdict(route().model_copy(update={"executors": ("agent:runner",)}))
+    record = approve(submit(named), ALICE)
     executor = Principal(id="agent:runner", kind=PrincipalKind.AGENT)
     executing = workflow.consume_grant(
         record, presentation(record), executor, T0 + timedelta(minutes=2)

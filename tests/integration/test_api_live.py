@@ -355,13 +355,13 @@ def test_edited_params_are_what_the_grant_binds(server: LiveServer) -> None:
     assert approved["status"] == "approved"
     assert approved["approved_params"] == {"rows": 500, "table": "customers"}
     grant = ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))["grant"]
-    consumed = ok(call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}))
+    consumed = ok(call(server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}))  # its holder
     assert consumed["params"] == {"rows": 500, "table": "customers"}
     assert consumed["edited"] is True
     # alice may read the request, but only the executor or the requester report what happened
     result = {"status": "succeeded"}
     error(call(server, ALICE, "POST", f"/v1/actions/{request_id}/result", json=result), 403, "not_executor")
-    ok(call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=result))
+    ok(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json=result))
     history = ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))["history"]
     edit = next(e for e in history if e["type"] == "request.params_edited")
     assert edit["payload"]["before"]["rows"] == 5000 and edit["payload"]["after"]["rows"] == 500
@@ -392,7 +392,7 @@ def test_consume_exactly_once_then_report_the_result(server: LiveServer) -> None
         409,
         "result_refused",
     )
-    consumed = ok(call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}))
+    consumed = ok(call(server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}))  # its holder
     assert consumed == {
         "request_id": request_id,
         "status": "executing",
@@ -403,20 +403,22 @@ def test_consume_exactly_once_then_report_the_result(server: LiveServer) -> None
         "secrets": {},
     }
     error(
-        call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}),
+        call(server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}),
         409,
         "grant_already_consumed",
+    )
+    # another agent is refused before anything about the grant is said (a grant binds its holder)
+    error(
+        call(server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}), 403, "grant_not_holder"
     )
     # the grant is no longer handed out once consumed
     assert "grant" not in ok(call(server, AGENT, "GET", f"/v1/actions/{request_id}"))
     digest = "sha256:" + "ab" * 32
     body = {"status": "succeeded", "output_digest": digest, "detail": "42 rows"}
     error(call(server, ALICE, "POST", f"/v1/actions/{request_id}/result", json=body), 404)
-    done = ok(call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=body))
+    done = ok(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json=body))
     assert done["status"] == "succeeded" and done["result"]["output_digest"] == digest
-    error(
-        call(server, EXECUTOR, "POST", f"/v1/actions/{request_id}/result", json=body), 409, "result_refused"
-    )
+    error(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json=body), 409, "result_refused")
     err = error(call(server, AGENT, "POST", f"/v1/actions/{request_id}/result", json={"status": "ok"}), 422)
     assert err["detail"]["fields"][0]["field"] == "body.status"
 
@@ -430,8 +432,8 @@ def test_forged_and_garbage_grants_are_refused(sqlite_server: LiveServer) -> Non
         assert err["detail"]["field"] == "grant"
     err = error(call(sqlite_server, EXECUTOR, "POST", "/v1/grants/consume", json={}), 422)
     assert err["detail"]["fields"][0]["field"] == "body.grant"
-    # the real one still works once
-    ok(call(sqlite_server, EXECUTOR, "POST", "/v1/grants/consume", json={"grant": grant}))
+    # the real one still works once, for its holder
+    ok(call(sqlite_server, AGENT, "POST", "/v1/grants/consume", json={"grant": grant}))
 
 
 # --- wait and events ----------------------------------------------------------------------------------

@@ -10,11 +10,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keyturn.config import IssuerSettings, Settings
 from keyturn.identity import AuthenticationError, Authenticator, build_authenticator
@@ -30,104 +26,27 @@ from keyturn.identity.oidc import IssuerVerifier, JwksCache
 from keyturn.identity.users import UsersFile
 from keyturn.model import PrincipalKind, Role
 from keyturn.store import Store
-
-AUDIENCE = "keyturn"
-
-
-@dataclass
-class SigningKeyPair:
-    kid: str
-    alg: str
-    private: Any
-
-    def jwk(self) -> dict[str, Any]:
-        algorithm = jwt.get_algorithm_by_name(self.alg)
-        data: dict[str, Any] = json.loads(algorithm.to_jwk(self.private.public_key()))
-        return {**data, "kid": self.kid, "use": "sig", "alg": self.alg}
-
-
-@dataclass
-class IdentityProvider:
-    """What the provider serves; tests change `keys` to rotate and read `hits` to count downloads."""
-
-    url: str = ""
-    keys: list[SigningKeyPair] = field(default_factory=list)
-    hits: dict[str, int] = field(default_factory=dict)
-    discovery_issuer: str | None = None
-    down: bool = False
-
-    def token(self, key: SigningKeyPair, **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {
-            "iss": self.url,
-            "aud": AUDIENCE,
-            "sub": "00u1abc",
-            "email": "alice@example.com",
-            "email_verified": True,
-            "name": "Alice Example",
-            "groups": ["sre", "oncall"],
-            "iat": now,
-            "exp": now + 300,
-        }
-        claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
-        return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _default_keys() -> list[SigningKeyPair]:
-    return [SigningKeyPair("rsa-1", "RS256", RSA_KEY), SigningKeyPair("ec-1", "ES256", EC_KEY)]
+from support.oidc import (
+    AUDIENCE,
+    EC_KEY,
+    RSA_KEY,
+    RSA_KEY_2,
+    IdentityProvider,
+    SigningKeyPair,
+    running_provider,
+)
 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[IdentityProvider]:
     """One provider for the module (starting and stopping one per test costs half a second each)."""
-    state = IdentityProvider(keys=_default_keys())
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.hits[self.path] = state.hits.get(self.path, 0) + 1
-            if state.down:
-                self.send_error(503)
-                return
-            if self.path == "/.well-known/openid-configuration":
-                body = {"issuer": state.discovery_issuer or state.url, "jwks_uri": f"{state.url}/keys"}
-            elif self.path == "/keys":
-                body = {"keys": [k.jwk() for k in state.keys]}
-            else:
-                self.send_error(404)
-                return
-            payload = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_provider() as state:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
 def idp(provider: IdentityProvider) -> IdentityProvider:
-    provider.keys = _default_keys()
-    provider.hits.clear()
-    provider.discovery_issuer = None
-    provider.down = False
+    provider.reset()
     return provider
 
 

@@ -22,6 +22,8 @@ import mcp.types as types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from support.live import LiveServer, free_port, start_server
 from support.mcp_harness import (
@@ -58,6 +60,7 @@ rules:
 """
 
 UPSTREAM_TOKEN = "upstream-secret-4f9a"
+LISTEN_TOKEN = "listen-token-0123456789abcdef"
 SUPPORT = Path(__file__).parents[1] / "support"
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,6 +184,7 @@ async def test_http_upstream_passthrough_and_gated_calls(
     assert UPSTREAM_TOKEN not in json.dumps(requests)
 
 
+@pytest.mark.timeout(150)
 async def test_listen_serves_streamable_http_with_upstream_env(keyturn: LiveServer, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     (repo / "new.txt").write_text("new\n", encoding="utf-8")
@@ -197,12 +201,13 @@ async def test_listen_serves_streamable_http_with_upstream_env(keyturn: LiveServ
         "GIT_AUTHOR_NAME=Proxy Bot",
         upstream=git_upstream(repo),
     )
-    env = {**os.environ, **(parameters.env or {})}
+    env = {**os.environ, **(parameters.env or {}), "KEYTURN_MCP_PROXY_TOKEN": LISTEN_TOKEN}
     process = subprocess.Popen([parameters.command, *parameters.args], env=env, stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/mcp")
+        wait_http(f"http://127.0.0.1:{port}/mcp", timeout=60)  # slow to start on a loaded machine
         async with (
-            streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write),
+            create_mcp_http_client(headers={"Authorization": f"Bearer {LISTEN_TOKEN}"}) as http,
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http) as (read, write),
             ClientSession(read, write) as agent,
         ):
             await agent.initialize()
@@ -216,3 +221,66 @@ async def test_listen_serves_streamable_http_with_upstream_env(keyturn: LiveServ
         process.wait(timeout=15)
     # --upstream-env reached the upstream process (GitPython takes the author from the environment).
     assert git(repo, "log", "-1", "--format=%an|%s").strip() == "Proxy Bot|add new.txt"
+
+
+@pytest.mark.timeout(150)
+async def test_listen_requires_the_bearer_token(keyturn: LiveServer, tmp_path: Path) -> None:
+    """`--listen` has authentication of its own (issue #13 §4): without the token, or with another, the
+    official client cannot even initialise; with no token configured the proxy makes one and says it once."""
+    repo = make_repo(tmp_path / "repo")
+    port = free_port()
+    parameters = proxy_parameters(
+        keyturn.url,
+        keyturn.tokens[AGENT],
+        "--name",
+        "local",
+        "--listen",
+        f"127.0.0.1:{port}",
+        upstream=git_upstream(repo),
+    )
+    env = {
+        k: v for k, v in {**os.environ, **(parameters.env or {})}.items() if k != "KEYTURN_MCP_PROXY_TOKEN"
+    }
+    stderr = tmp_path / "proxy.err"
+    with stderr.open("wb") as sink:
+        process = subprocess.Popen([parameters.command, *parameters.args], env=env, stderr=sink)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        wait_http(url, timeout=60)
+        printed = stderr.read_text()
+        generated = printed.split("Authorization: Bearer ", 1)[1].split()[0]
+        assert len(generated) >= 32
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        accept = {"Accept": "application/json, text/event-stream"}
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": generated}):
+            refused = httpx.post(url, json=initialize, headers={**accept, **headers}, timeout=10)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        for token in ("nope", "wrong-token-0123456789"):
+            with pytest.raises(ExceptionGroup) as refused_by_client:  # the client got 401 and gave up
+                async with (
+                    create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+                    streamable_http_client(url, http_client=http) as (read, write),
+                    ClientSession(read, write) as agent,
+                ):
+                    with anyio.fail_after(10):
+                        await agent.initialize()
+            assert refused_by_client.group_contains(MCPError, match="error response")
+        async with (
+            create_mcp_http_client(headers={"Authorization": f"Bearer {generated}"}) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as agent,
+        ):
+            await agent.initialize()
+            assert "git_status" in {tool.name for tool in (await agent.list_tools()).tools}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)

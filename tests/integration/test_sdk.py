@@ -275,11 +275,11 @@ def test_the_body_never_runs_when_someone_else_consumed_the_grant(server: LiveSe
         review(view)
         assert "grant" not in view  # callbacks never see the bearer grant
         if view["status"] == "approved":
-            # Between the approval and the SDK's consume, someone holding the requester's key (or a
-            # second executor) takes the grant and consumes it first.
+            # Between the approval and the SDK's consume, someone holding the requester's key takes the
+            # grant and consumes it first (another agent could not: a grant binds its holder).
             with server.client(AGENT) as requester:
                 grant = requester.get(view["id"])["grant"]
-            with server.client("agent:exec-bot") as thief:
+            with server.client(AGENT) as thief:
                 stolen.append(thief.consume(grant)["request_id"])
 
     with pytest.raises(GrantRefused, match="already consumed"), gate.request(action, on_update=on_update):

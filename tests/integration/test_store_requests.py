@@ -56,6 +56,10 @@ def presentation(record: RequestRecord) -> workflow.GrantPresentation:
 
 def test_full_lifecycle_round_trips_through_every_transition(store: Store, factory: RequestFactory) -> None:
     verdict = factory.review_verdict("sre", count=2)
+    assert verdict.route is not None  # a runner executes it (a grant binds its holder, or named executors)
+    verdict = verdict.model_copy(
+        update={"route": verdict.route.model_copy(update={"executors": ("group:runners",)})}
+    )
     submitted = factory.submit(verdict)
     stored = store.insert_request(submitted, factory.decision(submitted), None)
     assert stored == submitted.record
@@ -81,7 +85,7 @@ def test_full_lifecycle_round_trips_through_every_transition(store: Store, facto
     assert issued.params_digest == record.grant.params_digest and issued.consumed_at is None
     assert issued.expires_at == record.grant.expires_at
 
-    executor = factory.human("runner")
+    executor = factory.human("runner", "runners")
     consume = workflow.consume_grant(record, presentation(record), executor, factory.tick())
     record = store.apply(consume, expected_version=record.version)
     expected_events += [e.type.value for e in consume.events]
@@ -232,7 +236,9 @@ def test_grant_row_guards_consumption_even_when_the_version_matches(
             .where(grants.c.id == record.grant.id)
             .values(consumed_at=factory.now, consumed_by="x")
         )
-    consume = workflow.consume_grant(record, presentation(record), factory.human("runner"), factory.tick())
+    consume = workflow.consume_grant(
+        record, presentation(record), factory.agent, factory.tick()
+    )  # its holder
     with pytest.raises(ConcurrentUpdate):
         store.apply(consume, expected_version=record.version)
     assert store.get(record.id) == record

@@ -115,8 +115,8 @@ def test_cel_that_does_not_compile_points_into_the_expression(tmp_path: Path) ->
     assert one(tmp_path, text) == (
         7,
         12,
-        "unknown variable 'nope' in `when`; the variables are action, context, now, on_behalf_of, params,"
-        " requester, resource",
+        "unknown variable 'nope' in `when`; the variables are action, context, now, on_behalf_of,"
+        " on_behalf_of_verified, params, requester, resource",
     )
     assert one(tmp_path, OK_DEFAULTS + "rules:\n  - {name: a, decision: allow, when: ''}\n")[2] == (
         "`when` is empty; remove it or give a CEL expression"

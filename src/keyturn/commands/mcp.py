@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +18,9 @@ HELP = """Serve MCP to an agent, forwarding to an upstream MCP server, with ever
 Each tools/call becomes the action mcp.NAME.TOOL with the arguments as params. Allowed calls pass, reviewed
 calls wait for approval (sending MCP progress notifications), denied ones return an isError result with the
 reason. The proxy authenticates to keyturn with the agent API key in $KEYTURN_API_KEY (or --api-key-env).
-It serves MCP over stdio, or over streamable HTTP at http://HOST:PORT/mcp with --listen.
+It serves MCP over stdio, or over streamable HTTP at http://HOST:PORT/mcp with --listen; HTTP clients must
+then send Authorization: Bearer TOKEN, the token coming from $KEYTURN_MCP_PROXY_TOKEN (or --listen-token-env,
+or --listen-token-file); without one the proxy generates a token and prints it once on stderr.
 
 Example: keyturn mcp-proxy --name git -- uvx mcp-server-git --repository .
 
@@ -39,6 +43,36 @@ def _listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+def _listen_token(env: str, file: Path | None) -> str:
+    """The bearer token HTTP clients of `--listen` must send: from a file, the environment, or generated."""
+    if file is not None:
+        try:
+            token = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _fail(f"--listen-token-file {file}: {exc.strerror or exc}") from exc
+        source = str(file)
+    else:
+        token = os.environ.get(env, "").strip()
+        source = f"${env}"
+        if not token:
+            token = secrets.token_urlsafe(32)
+            errors.print(
+                f"keyturn mcp-proxy: no ${env} set; MCP clients must send this header"
+                f" (shown once):\nAuthorization: Bearer {token}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return token
+    if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise _fail(
+            f"the --listen token from {source} must be at least {MIN_TOKEN_LENGTH} characters, no spaces"
+        )
+    return token
+
+
 def mcp_proxy(
     upstream_command: Annotated[
         list[str] | None, typer.Argument(help="the upstream MCP server command, after --", show_default=False)
@@ -56,6 +90,14 @@ def mcp_proxy(
     ] = False,
     listen: Annotated[
         str | None, typer.Option("--listen", help="serve streamable HTTP on HOST:PORT instead of stdio")
+    ] = None,
+    listen_token_env: Annotated[
+        str,
+        typer.Option("--listen-token-env", help="environment variable holding the bearer token for --listen"),
+    ] = "KEYTURN_MCP_PROXY_TOKEN",
+    listen_token_file: Annotated[
+        Path | None,
+        typer.Option("--listen-token-file", help="file holding the bearer token for --listen"),
     ] = None,
     upstream_url: Annotated[
         str | None, typer.Option("--upstream-url", help="a streamable-HTTP upstream instead of a command")
@@ -113,6 +155,7 @@ def mcp_proxy(
     api_key = os.environ.get(api_key_env)
     if not api_key:
         raise _fail(f"no keyturn API key: set ${api_key_env} (an agent key from `keyturn api-keys create`)")
+    token = _listen_token(listen_token_env, listen_token_file) if listen else ""
     settings = ProxySettings(
         name=name,
         upstream=upstream,
@@ -120,6 +163,7 @@ def mcp_proxy(
         api_key=api_key,
         hide_denied=hide_denied,
         listen=_listen_address(listen) if listen else None,
+        listen_token=token,
         on_behalf_of=on_behalf_of,
         progress_interval=progress_interval,
         timeout=timeout,

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.tokens import API_KEY_PREFIX, hash_token, new_token, parse_token, token_matches
-from keyturn.model import Principal, PrincipalKind
+from keyturn.model import Principal, PrincipalKind, canonical_principal_id
 from keyturn.store.records import ApiKeyRecord
 
 __all__ = ["ApiKeyRecord", "ApiKeyRepository", "authenticate_api_key", "generate_api_key"]
@@ -32,6 +32,7 @@ class ApiKeyRepository(Protocol):
 
 def generate_api_key(principal_id: str, groups: Sequence[str], now: datetime) -> tuple[str, ApiKeyRecord]:
     """A new key: the plaintext (show it once) and the record to store (hash only)."""
+    principal_id = canonical_principal_id(principal_id)  # ValueError says what is ambiguous about it
     if not principal_id.startswith("agent:") or len(principal_id) <= len("agent:"):
         raise ValueError(f"an API key belongs to an agent principal like 'agent:NAME', not {principal_id!r}")
     key_id, plaintext = new_token(API_KEY_PREFIX)

@@ -23,15 +23,17 @@ import jwt
 
 from keyturn.config import Settings
 from keyturn.identity.api_keys import ApiKeyRepository, authenticate_api_key
-from keyturn.identity.errors import AuthenticationError
+from keyturn.identity.errors import AuthenticationError, AuthorizationError
 from keyturn.identity.oidc import INVALID_TOKEN, IssuerVerifier, JwksCache
 from keyturn.identity.tokens import API_KEY_PREFIX, USER_TOKEN_PREFIX
 from keyturn.identity.users import UsersFile
-from keyturn.model import Authentication, AuthMethod, Principal
+from keyturn.model import Authentication, AuthMethod, Principal, PrincipalKind, same_identity
 from keyturn.store import SqlApiKeyRepository, Store
 
 MISSING = "missing credentials: send `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 MAX_CREDENTIAL_LENGTH = 16_384
+ON_BEHALF_OF_HEADER = "X-Keyturn-On-Behalf-Of-Token"
+ON_BEHALF_OF_REFUSED = f"{ON_BEHALF_OF_HEADER} refused"
 
 
 class Authenticator:
@@ -71,6 +73,12 @@ class Authenticator:
         raise AuthenticationError("unrecognised credential: expected an API key, a user token or a JWT")
 
     def _jwt(self, token: str) -> Principal:
+        verifier, claims = self._verified(token, self.issuers)
+        return verifier.principal(claims)
+
+    def _verified(
+        self, token: str, issuers: Sequence[IssuerVerifier]
+    ) -> tuple[IssuerVerifier, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
             # Unverified on purpose: only to pick the issuer whose keys then verify everything.
@@ -78,17 +86,46 @@ class Authenticator:
         except (jwt.PyJWTError, binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
             raise AuthenticationError(f"{INVALID_TOKEN}: malformed JWT") from None
         issuer = unverified.get("iss")
-        candidates = [v for v in self.issuers if v.settings.issuer == issuer]
+        candidates = [v for v in issuers if v.settings.issuer == issuer]
         if not candidates:
             raise AuthenticationError(f"{INVALID_TOKEN}: issuer is not trusted by this server")
         failure: AuthenticationError | None = None
         for verifier in candidates:  # the same issuer may be configured for several audiences
             try:
-                return verifier.authenticate(token, header)
+                return verifier, verifier.verify(token, header)
             except AuthenticationError as exc:
                 failure = exc
         assert failure is not None
         raise failure
+
+    def verify_on_behalf_of(self, token: str, caller: Principal) -> str:
+        """The human an agent proves it acts for, from an OAuth 2.0 token-exchange token (RFC 8693).
+
+        The token must come from a configured human issuer (signature, `iss`, `aud`, `exp` as for a login);
+        its subject is the human (the issuer's `subject_claim`, in the canonical form of principal ids), and
+        its `act` claim must name the caller as the current actor: `act.sub` equal to the caller's id, or to
+        it without the `agent:` prefix. Nested `act` claims are earlier actors and do not count (RFC 8693
+        §4.1). Raises AuthorizationError saying what is wrong.
+        """
+        humans = [v for v in self.issuers if v.kind is PrincipalKind.HUMAN]
+        if len(token) > MAX_CREDENTIAL_LENGTH or token.count(".") != 2:
+            raise AuthorizationError(f"{ON_BEHALF_OF_REFUSED}: not a JWT")
+        try:
+            verifier, claims = self._verified(token, humans)
+            human = verifier.principal(claims)
+        except AuthenticationError as exc:
+            raise AuthorizationError(f"{ON_BEHALF_OF_REFUSED}: {exc}") from None
+        actor = claims.get("act")
+        actor_id = actor.get("sub") if isinstance(actor, dict) else None
+        if not isinstance(actor_id, str) or not actor_id:
+            raise AuthorizationError(f"{ON_BEHALF_OF_REFUSED}: it has no `act` claim naming the agent")
+        if not (same_identity(actor_id, caller.id) or same_identity(f"agent:{actor_id}", caller.id)):
+            raise AuthorizationError(
+                f"{ON_BEHALF_OF_REFUSED}: its `act` names {actor_id!r}, not the caller {caller.id}"
+            )
+        if same_identity(human.id, caller.id):
+            raise AuthorizationError(f"{ON_BEHALF_OF_REFUSED}: its subject is the caller itself")
+        return human.id
 
 
 def _by(principal: Principal, method: AuthMethod) -> Principal:

@@ -25,7 +25,7 @@ import jwt
 
 from keyturn.config import IssuerSettings
 from keyturn.identity.errors import AuthenticationError
-from keyturn.model import Authentication, AuthMethod, Principal, PrincipalKind
+from keyturn.model import Authentication, AuthMethod, Principal, PrincipalKind, canonical_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
@@ -147,6 +147,10 @@ class IssuerVerifier:
         self.prefix = settings.id_prefix or ("user:" if self.kind is PrincipalKind.HUMAN else "agent:")
 
     def authenticate(self, token: str, header: dict[str, Any]) -> Principal:
+        return self._principal(self.verify(token, header))
+
+    def verify(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+        """The claims of a token this issuer signed for keyturn (signature, iss, aud, exp, nbf checked)."""
         alg = header.get("alg")
         if alg not in ASYMMETRIC_ALGORITHMS:
             raise AuthenticationError(f"{INVALID_TOKEN}: algorithm {alg!r} is not accepted")
@@ -176,20 +180,29 @@ class IssuerVerifier:
             raise AuthenticationError(f"{INVALID_TOKEN}: not valid yet") from None
         except jwt.PyJWTError:
             raise AuthenticationError(INVALID_TOKEN) from None
+        return claims
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        """The principal verified claims name (the subject of an on-behalf-of token, for one)."""
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         subject = _claim(claims, self.settings.subject_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthenticationError(f"{INVALID_TOKEN}: no {self.settings.subject_claim!r} claim")
-        if self.settings.subject_claim == "email":
-            # An email is an identity only when the provider vouches for it: some providers let users set
-            # an unverified address, which would otherwise impersonate a listed approver or auditor.
-            if claims.get("email_verified") is not True:
-                raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
-            subject = subject.casefold()  # one person, one principal, however the provider spells it
+        # An email is an identity only when the provider vouches for it: some providers let users set an
+        # unverified address, which would otherwise impersonate a listed approver or auditor.
+        if self.settings.subject_claim == "email" and claims.get("email_verified") is not True:
+            raise AuthenticationError(f"{INVALID_TOKEN}: the email address is not verified")
+        try:
+            # One person, one principal, however the provider spells it (keyturn.model): the same canonical
+            # form as the users file and every other credential; an ambiguous subject is no identity.
+            principal_id = canonical_principal_id(self.prefix + subject)
+        except ValueError as exc:
+            raise AuthenticationError(
+                f"{INVALID_TOKEN}: {self.settings.subject_claim!r} claim: {exc}"
+            ) from None
         groups = _groups(_claim(claims, self.settings.groups_claim))
-        principal_id = self.prefix + subject
         roles: frozenset[Any] = frozenset()
         # Roles (admin, auditor) are keyturn's, not the identity provider's: they come from the users file
         # entry of the same id, as do extra groups given there.
@@ -209,24 +222,30 @@ class IssuerVerifier:
 
 
 def _authentication(claims: dict[str, Any], kind: PrincipalKind) -> Authentication:
-    """How the token's subject authenticated. `auth_time` is when the human last logged in at the identity
-    provider (OIDC Core §2): what a step-up route's max age is checked against, by keyturn itself."""
+    """How the token's subject authenticated, and until when the token is valid. `auth_time` is when the
+    human last logged in at the identity provider (OIDC Core §2): what a step-up route's max age is checked
+    against, by keyturn itself. `exp` is when long-lived streams close (keyturn.identity.recheck)."""
+    expires_at = _timestamp(claims.get("exp"))
     if kind is PrincipalKind.AGENT:
-        return Authentication(method=AuthMethod.WORKLOAD_JWT)
-    auth_time = claims.get("auth_time")
-    at = (
-        datetime.fromtimestamp(auth_time, UTC)
-        if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
-        else None
-    )
+        return Authentication(method=AuthMethod.WORKLOAD_JWT, expires_at=expires_at)
     amr = claims.get("amr")
     acr = claims.get("acr")
     return Authentication(
         method=AuthMethod.OIDC,
-        at=at,
+        at=_timestamp(claims.get("auth_time")),
         amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
         acr=acr if isinstance(acr, str) else None,
+        expires_at=expires_at,
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _claim(claims: dict[str, Any], name: str) -> Any:

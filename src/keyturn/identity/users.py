@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keyturn.identity.errors import AuthenticationError, UsersFileError
 from keyturn.identity.tokens import USER_TOKEN_PREFIX, hash_token, new_token, parse_token, token_matches
-from keyturn.model import Principal, PrincipalKind, Role
+from keyturn.model import Principal, PrincipalKind, Role, canonical_principal_id, fold_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
@@ -62,7 +62,7 @@ class UserToken(_Strict):
 
 
 class User(_Strict):
-    id: str = Field(pattern=r"^user:\S+$")
+    id: str = Field(pattern=r"^\s*[Uu][Ss][Ee][Rr]:\S+\s*$")
     name: str = ""
     groups: tuple[str, ...] = ()
     roles: tuple[Role, ...] = ()
@@ -78,6 +78,13 @@ class User(_Strict):
     def _lower_oid(cls, value: Any) -> Any:
         # Entra prints object ids in lower case, the Teams admin centre sometimes in upper: one person.
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("id")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        # One human is one principal however the file spells them: `user:Alice@Example.com` here and
+        # `alice@example.com` from the identity provider are the same reviewer (keyturn.model).
+        return canonical_principal_id(value)
 
     def principal(self) -> Principal:
         return Principal(
@@ -204,7 +211,7 @@ class UsersFile:
         return user.principal()
 
     def user(self, user_id: str) -> User | None:
-        return self._current().by_id.get(user_id)
+        return self._current().by_id.get(fold_principal_id(user_id))
 
     def user_by_entra_oid(self, oid: str) -> User | None:
         """The user whose `entra_oid` is `oid` (compared in lower case, as Entra spells GUIDs either way)."""
@@ -258,7 +265,8 @@ def add_user_token(path: Path, user_id: str, label: str = "", *, now: datetime |
     with _locked(path):
         text = path.read_text(encoding="utf-8")
         document = parse_users(text, str(path))
-        if not any(u.id == user_id for u in document.users):
+        wanted = fold_principal_id(user_id)
+        if not any(u.id == wanted for u in document.users):
             raise UsersFileError(
                 f"{path}: no user {user_id!r} (users: {', '.join(u.id for u in document.users)})"
             )
@@ -275,7 +283,7 @@ def add_user_token(path: Path, user_id: str, label: str = "", *, now: datetime |
             entry["name"] = label
         raw = yaml.safe_load(text)
         for user in raw["users"]:
-            if user.get("id") == user_id:
+            if isinstance(user.get("id"), str) and fold_principal_id(user["id"]) == wanted:
                 user["tokens"] = [*(user.get("tokens") or []), entry]
         new_text = _leading_comments(text) + yaml.safe_dump(
             raw, sort_keys=False, allow_unicode=True, default_flow_style=None, width=120

@@ -26,6 +26,7 @@ class ProxySettings:
     api_key: str
     hide_denied: bool = False
     listen: tuple[str, int] | None = None  # streamable HTTP on (host, port); stdio when None
+    listen_token: str = ""  # the bearer token HTTP clients must send (required with `listen`)
     on_behalf_of: str | None = None
     progress_interval: float = 5.0
     timeout: float = 3600.0  # the longest wait for a decision; the request's own ttl usually ends it first
@@ -43,7 +44,7 @@ async def run_proxy(settings: ProxySettings) -> None:
             if settings.listen is None:
                 await serve_stdio(proxy)
             else:
-                await serve_http(proxy, *settings.listen)
+                await serve_http(proxy, *settings.listen, token=settings.listen_token)
     finally:
         if hints is not None:
             await hints.aclose()

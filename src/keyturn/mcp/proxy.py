@@ -9,6 +9,8 @@ upstream's list-changed and resource-updated notifications to every connected cl
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -259,10 +261,46 @@ async def serve_stdio(proxy: Proxy) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-async def serve_http(proxy: Proxy, host: str, port: int, *, path: str = "/mcp") -> None:
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (compared in constant time).
+
+    `keyturn mcp-proxy --listen` serves tools that run with keyturn approvals and upstream credentials the
+    agent never holds: anyone who can reach the port could otherwise call them as the proxy's agent.
+    """
+
+    def __init__(self, app: Any, token: str) -> None:
+        if not token:
+            raise ValueError("the --listen token must not be empty")
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            presented = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(presented, self._expected):
+                body = json.dumps(
+                    {"error": "unauthorized", "message": "send Authorization: Bearer <the proxy's token>"}
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b'Bearer realm="keyturn-mcp-proxy"'),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def serve_http(proxy: Proxy, host: str, port: int, *, token: str, path: str = "/mcp") -> None:
     import uvicorn
 
     server = proxy.build_server()
-    app = server.streamable_http_app(streamable_http_path=path, host=host)
+    app = BearerAuth(server.streamable_http_app(streamable_http_path=path, host=host), token)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()

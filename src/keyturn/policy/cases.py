@@ -92,6 +92,7 @@ class RequestSpec(_Spec):
     justification: str = ""
     requester: RequesterSpec = RequesterSpec()
     on_behalf_of: str | None = None
+    on_behalf_of_verified: bool = False
 
     def to_request(self) -> ActionRequest:
         return ActionRequest(
@@ -106,6 +107,7 @@ class RequestSpec(_Spec):
                 groups=frozenset(self.requester.groups),
             ),
             on_behalf_of=self.on_behalf_of,
+            on_behalf_of_verified=self.on_behalf_of_verified,
         )
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import cel
 
 #: The variables a `when` expression may use.
-VARIABLES = frozenset({"action", "resource", "params", "requester", "on_behalf_of", "context", "now"})
+VARIABLES = frozenset(
+    {"action", "resource", "params", "requester", "on_behalf_of", "on_behalf_of_verified", "context", "now"}
+)
 
 _ERROR_AT = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*)")
 # Identifiers bound by macros (`list.exists(x, ...)`) are reported as variables by `Program.variables()`.

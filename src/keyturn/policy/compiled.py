@@ -212,6 +212,7 @@ class CompiledPolicy:
             policy_revision=self.revision,
             grant_ttl=min(r.grant_ttl for r in hits),
             secrets=_union(r.secrets for r in hits),
+            executors=_union(r.executors for r in hits),
             redact=redact,
         )
 
@@ -254,14 +255,17 @@ class CompiledPolicy:
         return Explanation(tuple(out), verdict)
 
 
-_ALL_VARIABLES = frozenset({"action", "resource", "params", "requester", "on_behalf_of", "context", "now"})
+_ALL_VARIABLES = frozenset(
+    {"action", "resource", "params", "requester", "on_behalf_of", "on_behalf_of_verified", "context", "now"}
+)
 
 
 def combine_routes(rules: Sequence[CompiledRule]) -> Route:
     """The route of several matching review rules: the most restrictive combination.
 
     Requirements add up (identical ones once), the shortest ttl and grant_ttl win, redactions, editable
-    fields, notifications, escalations and secrets are united, and step-up applies if any rule asks.
+    fields, notifications, escalations, secrets and executors are united, and step-up applies if any rule
+    asks.
     Everything is sorted so that the order of rules never changes the route.
     """
     requirements = sorted({req for r in rules for req in r.requirements}, key=lambda q: (-q.count, q.groups))
@@ -278,6 +282,7 @@ def combine_routes(rules: Sequence[CompiledRule]) -> Route:
         step_up=any(r.step_up for r in rules),
         grant_ttl=min(r.grant_ttl for r in rules),
         secrets=_union(r.secrets for r in rules),
+        executors=_union(r.executors for r in rules),
     )
 
 
@@ -323,6 +328,8 @@ def _variables(request: ActionRequest, now: datetime, names: Iterable[str]) -> d
             out[name] = request.context
         elif name == "on_behalf_of":
             out[name] = request.on_behalf_of
+        elif name == "on_behalf_of_verified":
+            out[name] = request.on_behalf_of_verified
         elif name == "requester":
             r = request.requester
             out[name] = {"id": r.id, "kind": r.kind.value, "groups": sorted(r.groups)}

@@ -234,7 +234,7 @@ class _Compiler:
                 self.problems.append(
                     doc.problem(path, f"{label}: a deny rule needs a `reason` (the requester is told why)")
                 )
-            for key in ("secrets", "grant_ttl"):
+            for key in ("secrets", "grant_ttl", "executors"):
                 if key in rule.model_fields_set:
                     self.problems.append(
                         doc.problem((*path, key), f"{label}: `{key}` does not apply to deny rules", key=True)
@@ -323,6 +323,7 @@ class _Compiler:
             step_up=_pick(rule.step_up, t.step_up if t else None, False),
             grant_ttl=_pick(rule.grant_ttl, t.grant_ttl if t else None, d.grant_ttl or DEFAULT_GRANT_TTL),
             secrets=tuple(sorted(set(rule.secrets))),
+            executors=tuple(sorted(set(_pick(rule.executors, t.executors if t else None, [])))),
             matched=RuleMatch(
                 rule=rule.name,
                 decision=decision,

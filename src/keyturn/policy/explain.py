@@ -66,9 +66,11 @@ def verdict_summary(verdict: Verdict) -> RenderableType:
         details.add_row("editable", ", ".join(route.editable) or "-")
         details.add_row("grant ttl", format_duration(route.grant_ttl))
         details.add_row("secrets", ", ".join(route.secrets) or "-")
+        details.add_row("executors", ", ".join(route.executors) or "the requester")
     elif verdict.decision is Decision.ALLOW:
         details.add_row("grant ttl", format_duration(verdict.grant_ttl))
         details.add_row("secrets", ", ".join(verdict.secrets) or "-")
+        details.add_row("executors", ", ".join(verdict.executors) or "the requester")
     details.add_row("policy", verdict.policy_revision)
     lines.append(details)
     return Group(*lines)

@@ -53,6 +53,7 @@ class CompiledRule:
     step_up: bool
     grant_ttl: timedelta
     secrets: tuple[str, ...]
+    executors: tuple[str, ...]  # who may consume the grant instead of the requester; () = the requester
     matched: RuleMatch  # precomputed answer for a plain match (no evaluation error)
 
     def match_summary(self) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from keyturn.model import canonical_principal_id
 from keyturn.policy.errors import Problem
 from keyturn.policy.loader import Document, PathKey
 from keyturn.policy.values import check_glob, parse_duration
@@ -57,6 +58,21 @@ RedactPaths = Annotated[list[Annotated[str, AfterValidator(_redact_path)]], Befo
 Count = Annotated[int, Field(ge=1)]
 
 
+def _executor(entry: str) -> str:
+    """An executor is a principal id (`agent:runner`) or a group (`group:ci`)."""
+    if entry.startswith("group:"):
+        if not entry.removeprefix("group:").strip() or entry != entry.strip():
+            raise ValueError(f"an executor group is group:NAME; got {entry!r}")
+        return entry
+    try:
+        return canonical_principal_id(entry)
+    except ValueError as exc:
+        raise ValueError(f"an executor is a principal id (agent:NAME) or group:NAME: {exc}") from None
+
+
+Executors = Annotated[list[Annotated[str, AfterValidator(_executor)]], BeforeValidator(_listify)]
+
+
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -84,6 +100,7 @@ class RouteSpec(Spec):
     step_up: bool | None = None
     redact: RedactPaths | None = None
     editable: EditablePaths | None = None
+    executors: Executors | None = None  # who may consume the grant instead of the requester
     description: str | None = None
 
 

@@ -30,12 +30,27 @@ def _stream_timeout(remaining: float) -> httpx.Timeout:
     return httpx.Timeout(_core.STREAM_READ_TIMEOUT, connect=min(10.0, max(remaining, 0.1)))
 
 
+class _Transient(Exception):
+    """A stream refused for a reason that passes (a replica going away behind a load balancer, a database
+    outage): retried with backoff within the caller's timeout, never raised to the caller."""
+
+    def __init__(self, error: ServerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _check_stream(response: httpx.Response) -> bool:
     """True when the events endpoint answered a stream; raises real errors; False means "use long-poll"."""
     if response.is_success:
         return True
     response.read()
+    return _stream_refused(response)
+
+
+def _stream_refused(response: httpx.Response) -> bool:
     error = _core.server_error(response)
+    if response.status_code in _core.RETRY_STATUSES:
+        raise _Transient(error)  # 502/503/504 from a proxy or a replica shutting down; 429
     if response.status_code in (404, 405) and error.code in ("http_error", "method_not_allowed"):
         return False  # a server (or proxy) without the events endpoint: not an error of the request
     raise error
@@ -133,6 +148,8 @@ class Watcher:
             except SSEError:
                 use_stream = False  # answered, but not as a stream
                 continue
+            except _Transient as exc:
+                self.network_error = exc.error
             except httpx.TransportError as exc:
                 self.network_error = exc
                 # A stream that keeps breaking (a proxy that cuts long responses): long-poll is push too.
@@ -160,7 +177,7 @@ async def watch(
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
-                        if not _check_stream(source.response):
+                        if not _stream_refused(source.response):
                             use_stream = False
                             continue
                     async for event in source.aiter_sse():
@@ -185,6 +202,8 @@ async def watch(
         except SSEError:
             use_stream = False
             continue
+        except _Transient as exc:
+            state["network_error"] = exc.error
         except httpx.TransportError as exc:
             state["network_error"] = exc
             use_stream = use_stream and attempt + 1 < STREAM_FAILURES_BEFORE_LONG_POLL

@@ -19,8 +19,11 @@ from keyturn.ledger.checkpointer import running_checkpointer
 from keyturn.operations import Operations
 from keyturn.server import errors, reloader
 from keyturn.server.api import actions, admin, grants, ledger, system
+from keyturn.server.limits import RequestGuard
+from keyturn.server.readiness import Readiness
 from keyturn.server.startup import Components, prepare
 from keyturn.service import Keyturn
+from keyturn.store import StoreUnavailable
 
 log = logging.getLogger("keyturn.server")
 
@@ -49,6 +52,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
             async with (
+                Readiness(store.probe_write).running() as app.state.readiness,
                 running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
                 reloader.watching(policy, settings.policy_reload_interval),
             ):
@@ -71,6 +75,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         redoc_url=None,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.server.max_body_bytes)
     app.include_router(actions.router)
     app.include_router(grants.router)
     app.include_router(system.router)
@@ -94,6 +99,8 @@ async def _run_timers(svc: Keyturn, interval: float) -> None:
             done = await to_thread.run_sync(svc.tick)
             if done:
                 metrics.TRANSITIONS.inc(done)
+        except StoreUnavailable as exc:  # expected while the database is away: one line, not a traceback
+            log.warning("timer sweep failed: %s", exc)
         except Exception:  # a failing sweep must not stop the next one
             log.exception("timer sweep failed")
         await asyncio.sleep(interval)

@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from keyturn.identity import AuthorizationError
-from keyturn.model import Principal, PrincipalKind, Role
+from keyturn.identity.authenticator import ON_BEHALF_OF_HEADER
+from keyturn.identity.recheck import CredentialWatch
+from keyturn.model import Principal, PrincipalKind, Role, same_identity
 from keyturn.service import Keyturn
 
 
@@ -24,6 +26,27 @@ def principal(
     """The caller, from `Authorization: Bearer …` or `X-API-Key`. Never from the body."""
     who: Principal = request.app.state.authenticator.authenticate(authorization, x_api_key)
     return who
+
+
+def watch_credential(request: Request, who: Principal) -> CredentialWatch:
+    """For a stream or a long-poll: the caller, re-authenticated from the same headers as time passes."""
+    authenticator = request.app.state.authenticator
+    authorization = request.headers.get("authorization")
+    x_api_key = request.headers.get("x-api-key")
+    return CredentialWatch(lambda: authenticator.authenticate(authorization, x_api_key), who)
+
+
+def on_behalf_of(request: Request, who: Principal, asserted: str | None) -> tuple[str | None, bool]:
+    """`(on_behalf_of, verified)`: proven by the token in `X-Keyturn-On-Behalf-Of-Token`, else as asserted."""
+    token = request.headers.get(ON_BEHALF_OF_HEADER)
+    if token is None:
+        return asserted, False
+    human_id: str = request.app.state.authenticator.verify_on_behalf_of(token.strip(), who)
+    if asserted is not None and not same_identity(asserted, human_id):
+        raise AuthorizationError(
+            f"on_behalf_of is {asserted} but {ON_BEHALF_OF_HEADER} proves {human_id}; they must agree"
+        )
+    return human_id, True
 
 
 def human(who: Annotated[Principal, Depends(principal)]) -> Principal:

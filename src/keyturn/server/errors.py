@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keyturn import metrics
 from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.identity import AuthenticationError, AuthorizationError
-from keyturn.store import StoreUnavailable
+from keyturn.store import StorageFull, StoreUnavailable, unavailable_from
 
 log = logging.getLogger("keyturn.server")
 
@@ -37,6 +37,18 @@ _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
 
 def status_of(exc: ServiceError) -> int:
     return next(status for kind, status in _STATUS if isinstance(exc, kind))
+
+
+def database_unavailable(exc: StoreUnavailable) -> JSONResponse:
+    """503 with Retry-After for every database failure; the code says which (`storage_full`: a full disk,
+    which no quick retry will cure, `unavailable`: down, partitioned, busy or out of connections)."""
+    log.warning("database unavailable: %s", exc)
+    message = (
+        "the database cannot write: its disk is full; an operator must make room"
+        if isinstance(exc, StorageFull)
+        else "the database is unavailable; try again"
+    )
+    return error_response(503, exc.code, message, None, **{"Retry-After": str(exc.retry_after)})
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -70,11 +82,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        # the database is down or busy: a retry may well succeed, so say so instead of a 500
-        log.warning("database unavailable: %s", exc)
-        return error_response(
-            503, "unavailable", "the database is unavailable; try again", None, **{"Retry-After": "1"}
-        )
+        return database_unavailable(exc)
 
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(_: Request, exc: AuthenticationError) -> JSONResponse:
@@ -86,10 +94,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
+        # A database failure that escaped the store's own mapping is still the database's state: 503.
+        unavailable_error = unavailable_from(exc)
+        if unavailable_error is not None:
+            return database_unavailable(unavailable_error)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal error; see the server log")

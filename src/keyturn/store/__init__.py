@@ -11,8 +11,10 @@ from keyturn.store.errors import (
     DuplicateIdempotencyKey,
     InvalidCursor,
     NotFound,
+    StorageFull,
     StoreError,
     StoreUnavailable,
+    unavailable_from,
 )
 from keyturn.store.feed import ChangeFeed, PostgresChangeFeed, Subscription
 from keyturn.store.records import (
@@ -34,6 +36,7 @@ __all__ = [
     "PostgresChangeFeed",
     "SqlApiKeyRepository",
     "SqlServerKeyRepository",
+    "StorageFull",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -41,4 +44,5 @@ __all__ = [
     "StoredEvent",
     "StoredLedgerKey",
     "Subscription",
+    "unavailable_from",
 ]

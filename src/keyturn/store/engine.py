@@ -7,6 +7,13 @@ write lock can fail with SQLITE_BUSY at once, without waiting).
 
 PostgreSQL (several replicas): psycopg 3, pre-ping so a replica survives a database restart, READ
 COMMITTED; correctness comes from conditional updates and row locks, not from the isolation level.
+
+Every wait on PostgreSQL is bounded, so a database that stops answering gives a quick `StoreUnavailable`
+(503) instead of a hung worker thread: a connect timeout, TCP keepalives and a TCP user timeout (a peer that
+vanished), a server-side `statement_timeout` (a slow query or a lock wait), a pool timeout (every
+connection busy) and, for a peer that accepts bytes but never answers (a partition behind a proxy or a
+load balancer, where keepalives are answered by the middlebox), a client-side deadline on every answer:
+`DeadlineConnection` closes a connection whose answer is late. docs/operations.md lists the bounds.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sqlite3
 import time
 from typing import Any, Literal
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -24,6 +32,15 @@ from keyturn.store.errors import StoreError
 Backend = Literal["sqlite", "postgresql"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# PostgreSQL bounds (seconds). The server cancels a statement first (a clean error, the connection stays
+# usable); the client-side deadline comes later and only fires when the server is not answering at all.
+PG_CONNECT_TIMEOUT = 5
+PG_STATEMENT_TIMEOUT = 8.0
+PG_ANSWER_TIMEOUT = 10.0
+PG_POOL_TIMEOUT = 5.0
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+PG_TCP_USER_TIMEOUT_MS = 20_000
 
 # Execution option read by the SQLite `begin` hook: "IMMEDIATE" takes the write lock at BEGIN.
 BEGIN_MODE = "keyturn_sqlite_begin"
@@ -49,8 +66,50 @@ def normalise_url(url: str) -> tuple[URL, Backend]:
 
 
 def libpq_conninfo(url: URL) -> str:
-    """The URL as libpq understands it (for the dedicated LISTEN connection): same host, same options."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """The URL as libpq understands it (for the dedicated LISTEN connection): same host, same options,
+    plus the connect timeout and keepalives of `postgres_connect_args` where the URL does not set them."""
+    extra = {k: str(v) for k, v in postgres_connect_args(url).items() if k != "options"}
+    return url.set(drivername="postgresql").update_query_dict(extra).render_as_string(hide_password=False)
+
+
+def postgres_connect_args(url: URL) -> dict[str, Any]:
+    """libpq parameters that bound every wait, unless the URL sets them itself (it wins)."""
+    defaults: dict[str, Any] = {
+        "connect_timeout": PG_CONNECT_TIMEOUT,
+        "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+        **PG_KEEPALIVES,
+    }
+    args = {key: value for key, value in defaults.items() if key not in url.query}
+    # `options` may carry the URL's own settings (a search_path): add to them, never replace them.
+    options = url.query.get("options", "")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    if "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={int(PG_STATEMENT_TIMEOUT * 1000)}".strip()
+    return args
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection that waits at most `answer_timeout` seconds for any answer of the server.
+
+    A late answer closes the connection (its protocol state is unknown) and raises `OperationalError`, which
+    SQLAlchemy sees as a disconnect: the pooled connection is discarded and the caller gets a 503.
+    """
+
+    answer_timeout: float | None = PG_ANSWER_TIMEOUT  # None: wait as long as it takes (migrations)
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 2 and kwargs.get("timeout") is None and self.answer_timeout is not None:
+            kwargs["timeout"] = self.answer_timeout
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.OperationalError as exc:
+            if type(exc).__name__ != "_WaitTimeout":
+                raise
+            self.pgconn.finish()  # `broken` from now on
+            raise psycopg.OperationalError(
+                f"the database did not answer within {kwargs.get('timeout', self.answer_timeout)} s"
+            ) from None
 
 
 def create(url: URL, backend: Backend, **engine_options: Any) -> Engine:
@@ -62,9 +121,21 @@ def create(url: URL, backend: Backend, **engine_options: Any) -> Engine:
         )
         _install_sqlite_hooks(engine)
         return engine
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": PG_POOL_TIMEOUT,
+        "connect_args": postgres_connect_args(url),
+    }
     options.update(engine_options)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return DeadlineConnection.connect(*cargs, **cparams)
+
+    return engine
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

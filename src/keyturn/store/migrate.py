@@ -40,12 +40,24 @@ def upgrade(engine: Engine, backend: Backend) -> None:
     with engine.connect() as connection:
         if backend == "sqlite":
             connection.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
-        with connection.begin():
-            if backend == "postgresql":
-                connection.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"))
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        driver = connection.connection.driver_connection
+        bounded = getattr(driver, "answer_timeout", None)
+        try:
+            with connection.begin():
+                if backend == "postgresql":
+                    # A migration may rightly take longer than a request's statement (a new index on a
+                    # big table), and a replica waits here while another one migrates: no request-sized
+                    # bounds for this one transaction.
+                    connection.execute(text("SET LOCAL statement_timeout = 0"))
+                    if bounded is not None:
+                        driver.answer_timeout = None  # type: ignore[union-attr]
+                    connection.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"))
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        finally:
+            if bounded is not None:
+                driver.answer_timeout = bounded  # type: ignore[union-attr]
 
 
 def current_revision(engine: Engine) -> str | None:

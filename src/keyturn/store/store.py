@@ -16,15 +16,33 @@ import base64
 import binascii
 import json
 import logging
+import shutil
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, or_, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+import psycopg
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from keyturn import workflow
 from keyturn.model import Event, EventType, RequestRecord, Status
@@ -35,8 +53,9 @@ from keyturn.store.errors import (
     DuplicateIdempotencyKey,
     InvalidCursor,
     NotFound,
+    StorageFull,
     StoreError,
-    StoreUnavailable,
+    unavailable_from,
 )
 from keyturn.store.feed import ChangeFeed, PostgresChangeFeed
 from keyturn.store.records import (
@@ -61,6 +80,15 @@ from keyturn.store.schema import (
 log = logging.getLogger("keyturn.store")
 
 DueHandler = Callable[[RequestRecord], workflow.Transition | None]
+
+_IMMUTABLE_COLUMNS = ("id", "action", "resource", "requester", "idempotency_key", "created_at")
+
+# Below this much free space on SQLite's filesystem, readiness reports the disk full.
+MIN_FREE_BYTES = 1 << 20
+
+# Timer sweeps: requests per transaction, and how long one sweep may go on before the next tick continues.
+DUE_BATCH_SIZE = 200
+DUE_TIME_BUDGET = 5.0
 
 
 @dataclass
@@ -105,6 +133,24 @@ class Store:
     def ping(self) -> None:
         with self._read() as conn:
             conn.execute(text("SELECT 1"))
+
+    def probe_write(self) -> None:
+        """Raise `StoreUnavailable` (`StorageFull` for a full disk) unless the database takes a write now.
+
+        A real write transaction that changes nothing (the ledger head set to itself: a row lock held for
+        a moment), so a read-only, locked or disconnected database is caught, not only a dead one. For
+        SQLite, whose file is local, also the free space of its filesystem: a write that happens to fit
+        in a page SQLite already has would otherwise hide a full disk.
+        """
+        if self.backend == "sqlite" and self.engine.url.database:
+            folder = Path(self.engine.url.database).resolve().parent
+            free = shutil.disk_usage(folder).free
+            if free < MIN_FREE_BYTES:
+                raise StorageFull(f"the database cannot write, its disk is full ({free} bytes free)")
+        with self._write() as tx:
+            tx.conn.execute(
+                update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=ledger_head.c.next_seq)
+            )
 
     # --- requests -----------------------------------------------------------------------------------
 
@@ -223,60 +269,110 @@ class Store:
         next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return records, next_cursor
 
-    def process_due(self, now: datetime, handle: DueHandler, limit: int = 100) -> int:
+    def process_due(
+        self,
+        now: datetime,
+        handle: DueHandler,
+        limit: int | None = None,
+        *,
+        batch_size: int = DUE_BATCH_SIZE,
+        time_budget: float = DUE_TIME_BUDGET,
+    ) -> int:
         """Apply the timer transitions due at `now`; returns how many requests changed.
 
-        Each due request is handled in its own transaction holding its row (`FOR UPDATE SKIP LOCKED` on
-        PostgreSQL, the write lock on SQLite) and re-checked there, so several replicas sweeping at once
-        never handle one request twice. `handle` runs inside that transaction: keep it pure and quick
-        (`keyturn.workflow.due_transition`). It returns None when there is nothing to do.
+        Due requests are taken `batch_size` at a time, oldest deadline first, each batch in one transaction
+        that holds their rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL, the write lock on SQLite) and
+        re-checks them there, so several replicas sweeping at once share the work and never handle one
+        request twice. Batches continue until nothing is due, `limit` requests were looked at or
+        `time_budget` seconds passed (the next sweep goes on). `handle` runs inside the transaction: keep
+        it pure and quick (`keyturn.workflow.due_transition`); it returns None when there is nothing to do.
         """
-        with self._read() as conn:
-            due = (
-                conn.execute(
-                    select(requests.c.id)
-                    .where(requests.c.next_deadline <= now)
-                    .order_by(requests.c.next_deadline)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
-        changed = 0
-        for request_id in due:
+        deadline = time.monotonic() + time_budget
+        changed = seen = 0
+        while limit is None or seen < limit:
+            size = batch_size if limit is None else min(batch_size, limit - seen)
             try:
-                changed += self._process_one_due(request_id, now, handle)
-            except StoreUnavailable:
-                raise  # the database is gone: the next sweep will try again
-            except ConcurrentUpdate:
-                continue  # its grant moved under us; it is someone else's change to finish
-            except Exception:
-                # One bad request must not stop the sweep for all the others; it stays due and untouched.
-                log.exception("timer transition of request %s failed", request_id)
+                taken, done = self._process_due_batch(now, handle, size)
+            except ConcurrentUpdate as exc:
+                log.warning("timer sweep rolled back: %s", exc)
+                break
+            changed += done
+            seen += taken
+            if taken < size or time.monotonic() >= deadline:
+                break
         return changed
 
-    def _process_one_due(self, request_id: str, now: datetime, handle: DueHandler) -> int:
+    def _process_due_batch(self, now: datetime, handle: DueHandler, size: int) -> tuple[int, int]:
+        """One transaction: (requests looked at, requests changed).
+
+        The rows are held (locked) for the whole transaction, so their versions cannot move: the
+        transitions are computed first, then written with one executemany per kind of change and one
+        ledger append for the whole batch.
+        """
         with self._write() as tx:
-            query = select(requests.c.record).where(
-                requests.c.id == request_id, requests.c.next_deadline <= now
+            query = (
+                select(requests.c.id, requests.c.record)
+                .where(requests.c.next_deadline <= now)
+                .order_by(requests.c.next_deadline)
+                .limit(size)
             )
             if self.backend == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            stored_json = tx.conn.execute(query).scalar()
-            if stored_json is None:
-                return 0  # another replica has it, or it is no longer due
-            record = RequestRecord.model_validate_json(stored_json)
-            transition = handle(record)
-            if transition is None:
-                # Store the deadline the workflow computes now, so a stale one is not picked up forever.
+            rows = tx.conn.execute(query).all()
+            transitions: list[tuple[workflow.Transition, int]] = []
+            idle: list[dict[str, Any]] = []
+            for row in rows:
+                try:
+                    record = RequestRecord.model_validate_json(row.record)
+                    transition = handle(record)
+                except Exception:
+                    # One bad request must not stop the sweep for the others; it stays due and untouched.
+                    log.exception("timer transition of request %s failed", row.id)
+                    continue
+                if transition is None:
+                    # Store the deadline the workflow computes now, so a stale one is not picked up forever.
+                    idle.append({"b_id": row.id, "b_deadline": workflow.next_deadline(record)})
+                else:
+                    transitions.append((transition, record.version))
+            if idle:
                 tx.conn.execute(
                     update(requests)
-                    .where(requests.c.id == request_id)
-                    .values(next_deadline=workflow.next_deadline(record))
+                    .where(requests.c.id == bindparam("b_id"))
+                    .values(next_deadline=bindparam("b_deadline")),
+                    idle,
                 )
-                return 0
-            self._apply(tx, transition, record.version)
-            return 1
+            if transitions:
+                self._apply_many(tx, transitions)
+        return len(rows), len(transitions)
+
+    def _apply_many(self, tx: _Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
+        """`_apply` for many transitions of rows this transaction holds: one executemany, one append."""
+        updates = []
+        for transition, expected_version in transitions:
+            record = transition.record
+            if record.version <= expected_version:
+                raise StoreError(f"a transition of {record.id} must move past version {expected_version}")
+            columns = _request_columns(record)
+            for immutable in _IMMUTABLE_COLUMNS:
+                del columns[immutable]
+            updates.append({**columns, "b_id": record.id, "b_version": expected_version})
+        names = [name for name in updates[0] if not name.startswith("b_")]
+        result = tx.conn.execute(
+            update(requests)
+            .where(requests.c.id == bindparam("b_id"), requests.c.version == bindparam("b_version"))
+            .values({name: bindparam(name) for name in names}),
+            updates,
+        )
+        if result.rowcount != len(updates):
+            # Cannot happen while the rows are held; if it ever does, write nothing (the next sweep retries).
+            raise ConcurrentUpdate(f"{len(updates) - result.rowcount} due requests moved during the sweep")
+        new_events: list[Event] = []
+        for transition, _ in transitions:
+            self._save_grant(tx.conn, transition)
+            new_events.extend(transition.events)
+            tx.changed.add(transition.record.id)
+        # One lock of the ledger head for the whole batch, and one COPY on PostgreSQL.
+        self._append_events(tx.conn, tuple(new_events))
 
     def events_for_request(self, request_id: str) -> list[StoredEvent]:
         with self._read() as conn:
@@ -441,10 +537,17 @@ class Store:
 
     @contextmanager
     def _unavailable_on_operational_error(self) -> Iterator[None]:
+        """Every database failure that is not the request's fault becomes `StoreUnavailable` (or
+        `StorageFull`); constraint violations and the store's own errors pass through unchanged."""
         try:
             yield
-        except OperationalError as exc:
-            raise StoreUnavailable(f"the database is unavailable: {exc.orig}") from exc
+        except (StoreError, IntegrityError):
+            raise
+        except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+            unavailable = unavailable_from(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     # --- the pieces of a transition -----------------------------------------------------------------
 
@@ -456,7 +559,7 @@ class Store:
                 f"not to {record.version}"
             )
         columns = _request_columns(record)
-        for immutable in ("id", "action", "resource", "requester", "idempotency_key", "created_at"):
+        for immutable in _IMMUTABLE_COLUMNS:
             del columns[immutable]
         result = tx.conn.execute(
             update(requests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
@@ -13,15 +14,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from sse_starlette.sse import EventSourceResponse
 
+from keyturn.identity import AuthenticationError
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
 from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
-from keyturn.server.deps import Caller, Human, Service
-from keyturn.service import Keyturn, Submission
+from keyturn.server.deps import Caller, Human, Service, on_behalf_of, watch_credential
+from keyturn.service import Keyturn, ServiceError, Submission
 from keyturn.views import request_view
 
 router = APIRouter(prefix="/v1/actions", tags=["actions"])
 
 MAX_WAIT_SECONDS = 300.0
+SSE_RECHECK_SECONDS = (20.0, 40.0)  # an idle stream re-reads its request once in this window
+_jitter = random.Random()
 
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
@@ -35,8 +39,11 @@ def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool
 
 
 @router.post("", status_code=201, summary="Submit an action request")
-def submit(body: SubmitBody, who: Caller, svc: Service) -> dict[str, Any]:
-    record = svc.submit(who, Submission(**body.model_dump()))
+def submit(body: SubmitBody, request: Request, who: Caller, svc: Service) -> dict[str, Any]:
+    """`X-Keyturn-On-Behalf-Of-Token` (an RFC 8693 token naming the caller as `act`) proves on_behalf_of."""
+    fields = body.model_dump()
+    fields["on_behalf_of"], fields["on_behalf_of_verified"] = on_behalf_of(request, who, body.on_behalf_of)
+    record = svc.submit(who, Submission(**fields))
     return render(svc, who, record)
 
 
@@ -79,40 +86,55 @@ def result(request_id: str, body: ResultBody, who: Caller, svc: Service) -> dict
 @router.get("/{request_id}/wait", summary="Long-poll until the request is decided or `timeout` passes")
 async def wait(
     request_id: str,
+    request: Request,
     who: Caller,
     svc: Service,
     timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 30.0,
 ) -> dict[str, Any]:
-    """Returns as soon as the request leaves `pending` (approved, allowed, denied, expired, cancelled…)."""
+    """Returns as soon as the request leaves `pending` (approved, allowed, denied, expired, cancelled…);
+    401 as soon as the caller's credential is revoked or expires while it waits."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    watch = watch_credential(request, who)
     async with svc.changes(request_id) as changes:
         while True:
+            who = await watch.principal()
             record = await to_thread.run_sync(svc.get, who, request_id)
             remaining = deadline - loop.time()
             if record.status is not Status.PENDING or remaining <= 0:
                 view = await to_thread.run_sync(partial(render, svc, who, record))
                 view["timed_out"] = record.status is Status.PENDING
                 return view
-            await changes.wait(remaining)
+            await changes.wait(watch.wait_seconds(remaining))
 
 
 @router.get("/{request_id}/events", summary="Server-Sent Events of the request's transitions")
 async def events(request_id: str, request: Request, who: Caller, svc: Service) -> EventSourceResponse:
     await to_thread.run_sync(svc.get, who, request_id)  # 404 before the stream starts
+    watch = watch_credential(request, who)
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last_version = -1
         async with svc.changes(request_id) as changes:
             while not await request.is_disconnected():
-                record = await to_thread.run_sync(svc.get, who, request_id)
+                try:
+                    caller = await watch.principal()  # a revoked or expired credential ends the stream
+                    record = await to_thread.run_sync(svc.get, caller, request_id)
+                except (AuthenticationError, ServiceError) as exc:
+                    code = "unauthenticated" if isinstance(exc, AuthenticationError) else exc.code
+                    error = {"error": {"code": code, "message": str(exc)}}
+                    yield {"event": "error", "data": json.dumps(error)}
+                    return
                 if record.version != last_version:
                     last_version = record.version
-                    view = await to_thread.run_sync(partial(render, svc, who, record, history=True))
+                    view = await to_thread.run_sync(partial(render, svc, caller, record, history=True))
                     data = json.dumps(jsonable_encoder(view))  # history timestamps are datetimes
                     yield {"event": "state", "id": str(record.version), "data": data}
                     if record.status.terminal:
                         return
-                await changes.wait(15.0)
+                # Woken at once by a change; otherwise a re-read now and then as a safety net, at a
+                # random moment so that many open streams never hit the database in step — and no later
+                # than the credential's next re-check.
+                await changes.wait(watch.wait_seconds(_jitter.uniform(*SSE_RECHECK_SECONDS)))
 
     return EventSourceResponse(stream(), ping=15)

@@ -1,4 +1,12 @@
-"""Request bodies of the REST API. Unknown fields are refused so a typo never silently does nothing."""
+"""Request bodies of the REST API. Unknown fields are refused so a typo never silently does nothing.
+
+Limits (docs/api.md "Limits"), each refused with 422 naming the field and the limit, so no body can make
+the server do unbounded work: a string in `params`/`context` at most `MAX_STRING_CHARS`, an object key at
+most `MAX_KEY_CHARS`, at most `MAX_JSON_VALUES` values in one of them, nested at most `MAX_JSON_DEPTH`
+deep. Top-level strings have their own `max_length`. No string field may contain U+0000 (PostgreSQL cannot
+store it; SQLite could, so refusing it everywhere keeps both backends alike). The body as a whole is
+bounded before it is read (`keyturn.server.limits`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,45 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyturn.model import canonical_json_problem
+from keyturn.model import canonical_json_problem, canonical_principal_id
 
 ACTION_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_*-]+)*$"
+
+MAX_STRING_CHARS = 65_536
+MAX_KEY_CHARS = 256
+MAX_JSON_VALUES = 10_000
+MAX_JSON_DEPTH = 32
+
+
+def json_limits_problem(value: Any, path: str) -> str | None:
+    """Why a JSON value (params, context) breaks a limit, naming the place and the limit; None if none.
+
+    Iterative, so a deep value costs no recursion, and it stops at the first problem."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    count = 0
+    while stack:
+        item, where, depth = stack.pop()
+        count += 1
+        if count > MAX_JSON_VALUES:
+            return f"{path}: more than {MAX_JSON_VALUES} values (limit max_json_values)"
+        if depth > MAX_JSON_DEPTH:
+            return f"{where[:200]}: nested deeper than {MAX_JSON_DEPTH} levels (limit max_json_depth)"
+        if isinstance(item, str):
+            if len(item) > MAX_STRING_CHARS:
+                return (
+                    f"{where[:200]}: a string of {len(item)} characters is longer than "
+                    f"{MAX_STRING_CHARS} (limit max_string_chars)"
+                )
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if len(key) > MAX_KEY_CHARS:
+                    return (
+                        f"{where[:200]}: a key of {len(key)} characters (limit max_key_chars {MAX_KEY_CHARS})"
+                    )
+                stack.append((child, f"{where}.{key[:50]}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
 
 
 class Body(BaseModel):
@@ -19,7 +63,14 @@ class Body(BaseModel):
     def _canonical_json(cls, value: Any, info: ValidationInfo) -> Any:
         # Everything a body carries ends up in digests and ledger events: refuse what cannot be
         # canonicalised here, with the path, instead of failing later with a 500.
-        problem = canonical_json_problem(value, info.field_name or "body")
+        name = info.field_name or "body"
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"{name}: contains U+0000 (NUL), which no field may contain")
+        if isinstance(value, dict | list):
+            problem = json_limits_problem(value, name)
+            if problem:
+                raise ValueError(problem)
+        problem = canonical_json_problem(value, name)
         if problem:
             raise ValueError(problem)
         return value
@@ -40,11 +91,17 @@ class SubmitBody(Body):
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
+    @field_validator("on_behalf_of")
+    @classmethod
+    def _canonical_on_behalf_of(cls, value: str | None) -> str | None:
+        # the one canonical form of principal ids (keyturn.model); an ambiguous id is refused here
+        return None if value is None else canonical_principal_id(value)
+
 
 class RequesterBody(Body):
     id: str = Field(min_length=1, max_length=320)
     kind: Literal["agent", "human"] = "agent"
-    groups: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list, max_length=100)
 
 
 class EvaluateBody(SubmitBody):

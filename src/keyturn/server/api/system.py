@@ -1,13 +1,19 @@
-"""Dry-run evaluation, the public keys (JWKS), health, readiness and metrics."""
+"""Dry-run evaluation, the public keys (JWKS), health, readiness and metrics.
+
+Liveness (`/healthz`) is answered on the event loop and touches nothing else: not the database, not the
+worker threads, so a stalled database never gets a live replica killed. Readiness (`/readyz`) reports
+what the background write probe (`keyturn.server.readiness`) last found: bounded in time, no database
+call per request, and "not ready" while the database cannot take writes.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keyturn.errors import ServiceError
@@ -15,6 +21,7 @@ from keyturn.model import ActionRequest, Principal, PrincipalKind
 from keyturn.operations import Operations
 from keyturn.server.api.schemas import EvaluateBody
 from keyturn.server.deps import Caller, Service
+from keyturn.server.readiness import Readiness
 
 router = APIRouter(tags=["system"])
 log = logging.getLogger("keyturn.server")
@@ -71,16 +78,25 @@ def public_keys(svc: Service) -> dict[str, Any]:
     return svc.public_keys()
 
 
-@router.get("/healthz", summary="Liveness")
-def healthz() -> dict[str, str]:
+@router.get("/healthz", summary="Liveness: the process answers (never touches the database)")
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the database answers; the policy revision in use")
-def readyz(svc: Service, ops: Ops) -> JSONResponse:
-    problems = svc.readiness()
-    body = {"status": "ready" if not problems else "not ready", "problems": problems, **ops.status()}
-    return JSONResponse(body, status_code=200 if not problems else 503)
+@router.get("/readyz", summary="Readiness: the database takes writes and a policy is loaded")
+async def readyz(request: Request, svc: Service, ops: Ops) -> Response:
+    readiness: Readiness | None = getattr(request.app.state, "readiness", None)
+    result = readiness.current() if readiness is not None else None
+    problems = [] if result is None or result.ok else [result.problem]
+    body = {
+        "status": "ready" if not problems else "not ready",
+        "problems": problems,
+        "code": None if result is None or result.ok else result.code,
+        "policy_revision": svc.loaded_policy_revision,
+        **ops.status(),
+    }
+    status = 200 if not problems else 503
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
