@@ -25,7 +25,6 @@ from support.live import LiveServer, free_port, keyturn_executable, start_server
 pytestmark = pytest.mark.postgresql
 
 AGENT = "agent:deploy-bot"
-EXECUTOR = "agent:exec-bot"
 ADMIN = "user:frank@example.com"
 
 
@@ -50,7 +49,7 @@ def _grant(server: LiveServer) -> str:
 
 def _consume(server: LiveServer, grant: str) -> httpx.Response:
     return httpx.post(
-        f"{server.url}/v1/grants/consume", json={"grant": grant}, headers=server.headers(EXECUTOR), timeout=30
+        f"{server.url}/v1/grants/consume", json={"grant": grant}, headers=server.headers(AGENT), timeout=30
     )
 
 

@@ -133,7 +133,7 @@ def test_signing_keys_rotated_and_retired_by_an_admin(server: LiveServer) -> Non
     current = call(server, ADMIN, "POST", f"/v1/admin/signing-keys/{rotated['kid']}/retire")
     assert current.status_code == 400 and "rotate" in current.json()["error"]["message"]
     assert call(server, ADMIN, "POST", f"/v1/admin/signing-keys/{old_kid}/retire").status_code == 200
-    consumed = call(server, "agent:exec-bot", "POST", "/v1/grants/consume", {"grant": old_grant})
+    consumed = call(server, AGENT, "POST", "/v1/grants/consume", {"grant": old_grant})
     assert consumed.status_code == 403 and "unknown key" in consumed.json()["error"]["message"]
     ledger_rotation = call(server, ADMIN, "POST", "/v1/admin/signing-keys/rotate", {"purpose": "ledger"})
     assert ledger_rotation.status_code == 200
