@@ -14,8 +14,8 @@ from keyturn.grants import GrantIssuer, verify_grant
 from keyturn.identity.api_keys import generate_api_key
 from keyturn.identity.authenticator import Authenticator
 from keyturn.identity.users import UsersFile, add_user_token
-from keyturn.keys import KeyRing
 from keyturn.model import ActionRequest, Decision, Principal, PrincipalKind, Verdict
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
 from keyturn.store import SqlApiKeyRepository, Store
 
 

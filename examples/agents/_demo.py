@@ -27,7 +27,7 @@ def api_key() -> str:
     if not key:
         sys.exit(
             "set KEYTURN_API_KEY to an agent key first:\n"
-            "  export KEYTURN_API_KEY=$(.venv/bin/keyturn keys create --agent demo-bot "
+            "  export KEYTURN_API_KEY=$(.venv/bin/keyturn api-keys create --agent demo-bot "
             "--config examples/keyturn.yaml)"
         )
     return key

@@ -16,8 +16,8 @@ KEYTURN="${KEYTURN:-.venv/bin/keyturn}"
 export KEYTURN_URL="${KEYTURN_URL:-http://127.0.0.1:8300}"
 
 if [ -z "${KEYTURN_API_KEY:-}" ]; then
-  # `keys create` prints the key once, alone on stdout.
-  KEYTURN_API_KEY="$("$KEYTURN" keys create --agent deploy-bot --groups bots --config examples/keyturn.yaml)"
+  # `api-keys create` prints the key once, alone on stdout.
+  KEYTURN_API_KEY="$("$KEYTURN" api-keys create --agent deploy-bot --groups bots --config examples/keyturn.yaml)"
   export KEYTURN_API_KEY
 fi
 

@@ -1,24 +1,26 @@
 """The `keyturn` command: every subcommand, put together.
 
-Server-side commands (`serve`, `db`, `api-keys`, `users`, `ledger`) work on the configuration and database
-directly; the request commands (keyturn.commands.requests: `submit`, `list`, `show`, `approve`, `deny`,
-`cancel`, `wait`) are clients of a running server, authenticated with `KEYTURN_TOKEN` (a user token or an
-agent API key) against `KEYTURN_URL`.
+Server-side commands (`serve`, `db`, `api-keys`, `signing-keys`, `users`, `ledger`) work on the
+configuration and database directly; `admin` goes through a running server's admin API; the request
+commands (keyturn.commands.requests: `submit`, `list`, `show`, `approve`, `deny`, `cancel`, `wait`) are
+clients of a running server, authenticated with `KEYTURN_TOKEN` (a user token or an agent API key)
+against `KEYTURN_URL`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from keyturn import __version__
-from keyturn.commands import chat, db, exec_, keys, policy, requests, users
+from keyturn.commands import admin, api_keys, chat, db, exec_, policy, requests, signing_keys, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
-from keyturn.commands.output import errors
 from keyturn.config import settings_help
 
 app = typer.Typer(
@@ -29,7 +31,15 @@ app = typer.Typer(
 )
 app.add_typer(policy.app, name="policy", help="Check, explain and test policies.")
 app.add_typer(db.app, name="db", help="Database schema.")
-app.add_typer(keys.app, name="keys", help="Agent API keys.")
+app.add_typer(api_keys.app, name="api-keys", help="Agent API keys (on the database directly).")
+# The old name of `api-keys`, kept so scripts keep working; hidden so that "keys" means one thing only.
+app.add_typer(api_keys.app, name="keys", hidden=True, deprecated=True)
+app.add_typer(
+    signing_keys.app,
+    name="signing-keys",
+    help="The server's signing keys (grants, ledger checkpoints): list, rotate, retire.",
+)
+app.add_typer(admin.app, name="admin", help="Administration through a running server (admin role).")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
 app.add_typer(chat.app, name="chat", help="Link your Slack account to your keyturn identity.")
@@ -84,6 +94,7 @@ def serve(
     from keyturn.config import ConfigError, load_settings
     from keyturn.server.app import create_app
     from keyturn.server.run import uvicorn_options
+    from keyturn.server.startup import StartupError, bind, prepare
 
     try:
         settings = load_settings(
@@ -97,15 +108,35 @@ def serve(
         )
         application = create_app(settings)  # checks channel credentials: a missing one is a ConfigError
     except ConfigError as exc:
-        errors.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _startup_failed(f"configuration: {exc}")
     from keyturn.server.console import console_settings_problem
 
     problem = console_settings_problem(settings)
     if problem is not None:
-        errors.print(f"[red]configuration error:[/red] {problem}")
-        raise typer.Exit(2)
-    uvicorn.run(application, **uvicorn_options(settings))
+        _startup_failed(f"configuration: {problem}")
+    # The order makes a failed start create nothing: the socket first (a port in use is found before any
+    # file is written), then the checks, and the database and keys last.
+    try:
+        sock = bind(settings.host, settings.port)
+        application.state.components = prepare(settings)
+    except StartupError as exc:
+        with contextlib.suppress(NameError):
+            sock.close()
+        _startup_failed(str(exc))
+    options = {k: v for k, v in uvicorn_options(settings).items() if k not in ("host", "port")}
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application, ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile, **options
+        )
+    )
+    server.run(sockets=[sock])
+
+
+def _startup_failed(message: str) -> NoReturn:
+    """A start-up problem: one line on stderr (no rich wrapping, no traceback), exit status 2."""
+    one_line = " ".join(message.split())
+    sys.stderr.write(f"keyturn serve: {one_line}\n")
+    raise typer.Exit(2)
 
 
 def main() -> None:

@@ -112,6 +112,10 @@ class Client:
     def evaluate(self, body: dict[str, Any]) -> Any:
         return self._call("POST", "/v1/evaluate", json=body)
 
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """`/v1/admin/<path>` (admin role required)."""
+        return self._call(method, f"/v1/admin/{path.lstrip('/')}", json=body)
+
     def chat_link(self, code: str) -> Any:
         return self._call("POST", "/v1/chat/links", json={"code": code})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -184,16 +184,36 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8300, description="port to listen on")
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="serve HTTPS with this PEM certificate chain (or: TLS at the proxy)",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="the private key of tls_certfile (PEM)")
     public_url: str | None = Field(
         default=None, description="URL people and agents use to reach this server (review_url)"
     )
     database: str = Field(default="sqlite:///keyturn.db", description="sqlite:///PATH or postgresql://…")
     policy: list[Path] = Field(default_factory=lambda: [Path("policy.yaml")], description="policy files")
-    data_dir: Path = Field(default=Path("keyturn-data"), description="signing keys (0700)")
+    data_dir: Path = Field(
+        default=Path("keyturn-data"),
+        description="signing keys (0700) when no key-encryption key is set (a single machine)",
+    )
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="32 random bytes, base64: keys are then kept in the database, sealed under it (replicas)",
+    )
+    key_encryption_key_file: Path | None = Field(
+        default=None, description="or a file holding the key-encryption key"
+    )
     users_file: Path | None = Field(default=None, description="users, groups, roles, hashed tokens")
     issuers: list[IssuerSettings] = Field(default_factory=list, description="trusted JWT issuers")
     grant_audience: str = Field(default="keyturn-executor", description="aud claim of grants")
     timer_interval: float = Field(default=1.0, gt=0, description="seconds between expiry/escalation sweeps")
+    policy_reload_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds between checks of the policy files (0: on SIGHUP only)",
+    )
     secrets: dict[str, SecretSettings] = Field(default_factory=dict, description="brokered secrets")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="the signed Merkle ledger")
     channels: ChannelsSettings = Field(
@@ -216,12 +236,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings
 
+    @model_validator(mode="after")
+    def _one_kek_source(self) -> Settings:
+        if self.key_encryption_key is not None and self.key_encryption_key_file is not None:
+            raise ValueError("set key_encryption_key or key_encryption_key_file, not both")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both tls_certfile and tls_keyfile, or neither")
+        return self
+
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_certfile is not None else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
 
-_PATH_KEYS = ("policy", "data_dir", "users_file")
+_PATH_KEYS = ("policy", "data_dir", "users_file", "key_encryption_key_file", "tls_certfile", "tls_keyfile")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,9 +28,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keyturn.keys import SigningKey
 from keyturn.model import RequestRecord, params_digest
 from keyturn.redact import UNKEYED, Redactor, mask
+from keyturn.signing_keys import SigningKey
 
 GRANT_TYP = "keyturn-grant+jwt"
 ALGORITHM = "EdDSA"
@@ -64,11 +64,25 @@ class IssuedGrant:
 
 
 class GrantIssuer:
-    def __init__(self, key: SigningKey, *, issuer: str, audience: str, redactor: Redactor = UNKEYED) -> None:
-        self.key = key
+    """Signs with `key`, or with whatever key `key()` returns at each issue (the key ring's current key,
+    so a rotation — on this replica or another — takes effect without a restart)."""
+
+    def __init__(
+        self,
+        key: SigningKey | Callable[[], SigningKey],
+        *,
+        issuer: str,
+        audience: str,
+        redactor: Redactor = UNKEYED,
+    ) -> None:
+        self._key = key
         self.issuer = issuer
         self.audience = audience
         self.redactor = redactor
+
+    @property
+    def key(self) -> SigningKey:
+        return self._key if isinstance(self._key, SigningKey) else self._key()
 
     def issue(
         self,
@@ -108,11 +122,12 @@ class GrantIssuer:
             "nbf": iat,
             "exp": exp,
         }
+        key = self.key
         token = jwt.encode(
             payload,
-            self.key.private_key,
+            key.private_key,
             algorithm=ALGORITHM,
-            headers={"kid": self.key.kid, "typ": GRANT_TYP},
+            headers={"kid": key.kid, "typ": GRANT_TYP},
         )
         return IssuedGrant(token=token, claims=claims)
 

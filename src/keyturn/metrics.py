@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("keyturn_requests_total", "Action requests submitted, by policy decision", ["decision"])
 REVIEWS = Counter("keyturn_reviews_total", "Reviews accepted, by decision", ["decision"])
@@ -14,3 +16,31 @@ POLICY_SECONDS = Histogram(
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
 )
 HTTP_ERRORS = Counter("keyturn_http_errors_total", "Error answers of the API, by code", ["code"])
+POLICY_RELOADS = Counter("keyturn_policy_reloads_total", "Policy reloads, by outcome", ["outcome"])
+POLICY_REVISION = Gauge(
+    "keyturn_policy_revision_info",
+    "The policy revision in use (as a label)",
+    ["revision"],
+)
+PENDING = Gauge("keyturn_pending_requests", "Requests waiting for review, by risk tier", ["tier"])
+OLDEST_PENDING = Gauge(
+    "keyturn_oldest_pending_request_age_seconds", "Age of the oldest request waiting for review (0: none)"
+)
+
+_revision_lock = threading.Lock()
+
+
+def set_policy_revision(revision: str) -> None:
+    """One series: the revision in use now (the previous one's series is removed)."""
+    with _revision_lock:
+        POLICY_REVISION.clear()
+        POLICY_REVISION.labels(revision).set(1)
+
+
+def set_pending(by_tier: dict[str, int], oldest_age_seconds: float) -> None:
+    """Set the pending gauges from one summary (`Store.pending_summary`): tiers with none drop out."""
+    with _revision_lock:
+        PENDING.clear()
+        for tier, count in by_tier.items():
+            PENDING.labels(tier).set(count)
+        OLDEST_PENDING.set(oldest_age_seconds)

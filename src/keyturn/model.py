@@ -410,6 +410,12 @@ class EventType(StrEnum):
     GRANT_REFUSED = "grant.refused"  # presented by someone the grant is not bound to
     SUCCEEDED = "request.succeeded"
     FAILED = "request.failed"
+    # Administration (actor: the admin). No request: `request_id` is None.
+    API_KEY_CREATED = "admin.api_key.created"
+    API_KEY_REVOKED = "admin.api_key.revoked"
+    USER_TOKEN_REVOKED = "admin.user_token.revoked"
+    SIGNING_KEY_ROTATED = "admin.signing_key.rotated"
+    SIGNING_KEY_RETIRED = "admin.signing_key.retired"
 
 
 class Event(Frozen):

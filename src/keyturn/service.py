@@ -26,7 +26,6 @@ from keyturn import brokered, metrics, workflow
 from keyturn.config import Settings
 from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.grants import GrantError, GrantIssuer, verify_grant
-from keyturn.keys import KeyRing
 from keyturn.ledger.live import LiveLedger
 from keyturn.model import (
     ActionRequest,
@@ -40,6 +39,7 @@ from keyturn.model import (
 )
 from keyturn.policy import PolicyHolder
 from keyturn.redact import Redactor
+from keyturn.signing_keys import KeyRing
 from keyturn.store import (
     ConcurrentUpdate,
     DecisionRecord,
@@ -116,7 +116,7 @@ class Keyturn:
         self.keyring = keyring
         self.clock = clock
         self.grant_issuer = GrantIssuer(
-            keyring.signing_key("grant"),
+            lambda: keyring.signing_key("grant"),
             issuer=settings.base_url,
             audience=settings.grant_audience,
             redactor=keyring.redactor(),

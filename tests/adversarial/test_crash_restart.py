@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from keyturn.config import load_settings
-from keyturn.keys import KeyRing
 from keyturn.model import Principal, PrincipalKind, RequestRecord, Status
 from keyturn.policy import PolicyHolder
 from keyturn.service import Keyturn, Submission
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
 from keyturn.store import Store, StoredEvent
 from support.live import LiveServer, start_server
 

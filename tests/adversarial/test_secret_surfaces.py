@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keyturn.keys import load_redaction_key
 from keyturn.redact import REDACTED_KEY, Redactor, check_digest
+from keyturn.signing_keys import load_redaction_key
 from support.credentials import NEAR_MISSES, SECRETS
 from support.live import LiveServer, keyturn_executable
 

@@ -69,7 +69,7 @@ def test_identity_end_to_end(live_server: Any) -> None:
 
         # Revoking an agent key with the CLI takes effect on the next request.
         key_id = agent_key[: len("kt_") + 8]  # kt_<8 chars>, the start of the key
-        revoked = keyturn("keys", "revoke", key_id, "--config", str(live_server.config_path))
+        revoked = keyturn("api-keys", "revoke", key_id, "--config", str(live_server.config_path))
         assert revoked.returncode == 0, revoked.stderr
         assert http.get("/v1/actions", headers={"X-API-Key": agent_key}).status_code == 401
 

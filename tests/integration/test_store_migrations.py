@@ -3,6 +3,7 @@ the table definitions the store queries."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,6 +32,7 @@ TABLES = {
     "console_sessions",
     "console_logins",
     "passkeys",
+    "server_keys",
     "chat_links",
     "chat_link_codes",
     "chat_seen_signatures",
@@ -43,7 +45,7 @@ def test_upgrade_creates_the_schema_on_an_empty_database(database_url: str) -> N
         assert current_revision(store.engine) is None
         assert set(inspect(store.engine).get_table_names()) == set()
         store.upgrade()
-        assert current_revision(store.engine) == head_revision() == "0006_console"
+        assert current_revision(store.engine) == head_revision() == "0007_keys"
         assert set(inspect(store.engine).get_table_names()) == TABLES
         with store.engine.connect() as conn:
             assert conn.execute(select(ledger_head)).all() == [(1, 0)]
@@ -109,3 +111,29 @@ def test_urls_are_normalised(url: str, driver: str) -> None:
 def test_unsupported_urls_are_refused(url: str) -> None:
     with pytest.raises(StoreError):
         Store.open(url)
+
+
+def test_0007_backfills_the_tier_of_pending_requests(database_url: str) -> None:
+    from alembic import command
+
+    from keyturn.store.migrate import alembic_config
+
+    with Store.open(database_url) as store:
+        with store.engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001_initial")
+            for request_id, status, tier in (("r1", "pending", "critical"), ("r2", "approved", "high")):
+                record = {"verdict": {"route": {"tier": tier}}}
+                conn.execute(
+                    text(
+                        "INSERT INTO requests (id, status, action, resource, requester, created_at, "
+                        "updated_at, version, record) VALUES (:id, :status, 'a.b', '', 'agent:x', "
+                        "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1, :record)"
+                    ),
+                    {"id": request_id, "status": status, "record": json.dumps(record)},
+                )
+        store.upgrade()
+        with store.engine.connect() as conn:
+            tiers = dict(conn.execute(text("SELECT id, tier FROM requests")).all())
+    assert tiers == {"r1": "critical", "r2": None}  # decided requests need no tier

@@ -66,7 +66,7 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     url = demo.url
 
     # 1. An agent key and personal tokens, printed once.
-    agent = keyturn("keys", "create", "--agent", "deploy-bot", "--config", str(demo.config_path)).strip()
+    agent = keyturn("api-keys", "create", "--agent", "deploy-bot", "--config", str(demo.config_path)).strip()
     alice = keyturn(
         "users", "add-token", "--users-file", str(examples / "users.yaml"), "user:alice@example.com"
     ).strip()
@@ -118,8 +118,8 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     verified = keyturn("ledger", "verify", "--database", demo.database_url)
     assert verified.startswith("OK"), verified
     assert verified.startswith(
-        "OK: 7 events, 1 checkpoint and 0 external checkpoints verified"
-    )  # the shutdown checkpoint covers all 7
+        "OK: 8 events, 1 checkpoint and 0 external checkpoints verified"
+    )  # the shutdown checkpoint covers all 8: the request's 7 and the agent key's creation (ledgered)
     # The auditor's evidence report, from the database alone, verifies the same ledger.
     report = keyturn(
         "ledger", "report", "--database", demo.database_url, "--out", str(demo.workdir / "report.html")
@@ -135,4 +135,4 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     witnessed = demo.workdir / "keyturn-data" / "witness" / "latest"
     assert witnessed.exists()
     verified = keyturn("ledger", "verify", "--bundle", str(bundle), "--checkpoint", str(witnessed))
-    assert verified.startswith("OK: 7 events, 1 checkpoint and 1 external checkpoint verified"), verified
+    assert verified.startswith("OK: 8 events, 1 checkpoint and 1 external checkpoint verified"), verified

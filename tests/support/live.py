@@ -5,6 +5,7 @@
     alice = server.client("user:alice@example.com")  # a keyturn.client.Client with that identity's token
     server.tokens["agent:deploy-bot"]  # bearer token (agent API key or user token)
     replica = server.start_replica()  # a second process on the same database and keys
+    replica = server.start_replica(data_dir=tmp / "other")  # … with a data dir of its own
     server.kill(); server.restart()  # kill -9, then start again on the same port
 
 The `live_server` fixture (tests/conftest.py) gives one on SQLite with the defaults; `live_servers` is a
@@ -29,6 +30,7 @@ import httpx
 import yaml
 
 from keyturn.client import Client
+from keyturn.signing_keys import new_kek
 
 # Humans of the test world. `sam` is in two groups, to check that one person never fills two requirements.
 DEFAULT_USERS: dict[str, dict[str, Any]] = {
@@ -180,14 +182,31 @@ class LiveServer:
         self.stop()
         self.start(timeout)
 
-    def start_replica(self, timeout: float = 30.0, port: int | None = None) -> LiveServer:
-        """Another `keyturn serve` on the same configuration, database and signing keys (PostgreSQL only)."""
+    def start_replica(
+        self,
+        timeout: float = 30.0,
+        port: int | None = None,
+        *,
+        data_dir: Path | None = None,
+        drop: Sequence[str] = (),
+    ) -> LiveServer:
+        """Another `keyturn serve` on the same configuration and database (PostgreSQL only). With `data_dir`,
+        it has a data dir of its own; `drop` removes settings from its configuration (e.g. the KEK)."""
         port = port or free_port()
+        config_path = self.config_path
+        if data_dir is not None or drop:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            if data_dir is not None:
+                config["data_dir"] = str(data_dir)
+            for key in drop:
+                config.pop(key, None)
+            config_path = self.workdir / f"keyturn-{port}.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         replica = LiveServer(
             url=f"http://127.0.0.1:{port}",
             port=port,
             workdir=self.workdir,
-            config_path=self.config_path,
+            config_path=config_path,
             database_url=self.database_url,
             tokens=self.tokens,
         )
@@ -268,6 +287,12 @@ def start_server(
         "log_level": "warning",
         "ledger": {"origin": "keyturn.test/ledger", "checkpoint_every": 50, "checkpoint_interval": 5},
     }
+    if database_url.startswith("postgres"):
+        # Replicas on PostgreSQL keep their keys in the database, sealed under a key-encryption key.
+        kek_file = workdir / "kek"
+        if not kek_file.exists():
+            kek_file.write_text(new_kek() + "\n", encoding="ascii")
+        config["key_encryption_key_file"] = str(kek_file)
     for key, value in (settings or {}).items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

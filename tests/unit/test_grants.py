@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from conftest import RequestFactory
 from keyturn import workflow
 from keyturn.grants import GRANT_TYP, GrantError, GrantIssuer, IssuedGrant, verify_grant
-from keyturn.keys import KeyRing, SigningKey
 from keyturn.model import ActionRequest, RequestRecord, params_digest
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
+from keyturn.signing_keys import SigningKey
 
 AUD = "keyturn-executor"
 ISS = "http://127.0.0.1:8300"

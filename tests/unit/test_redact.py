@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from keyturn.keys import KeyRing
 from keyturn.redact import (
     UNKEYED,
     RedactionKey,
@@ -20,6 +19,7 @@ from keyturn.redact import (
     secret_kinds,
     value_digest,
 )
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
 from support.credentials import NEAR_MISSES, SECRETS
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"

@@ -333,8 +333,8 @@ def check_value(
     enough to confirm a guess; an auditor given the key can. Exit 0: it is that value; 1: it is not; 2:
     the event, path or key is missing. Run `keyturn ledger verify` first to know the event is genuine.
     """
-    from keyturn.keys import KeyRingError, load_redaction_key
     from keyturn.redact import REDACTED_KEY, check_digest, digest_kid
+    from keyturn.signing_keys import KeyRingError, load_redaction_key
 
     if (database is None) == (bundle is None):
         raise failure("give exactly one of --database URL or --bundle DIR")
@@ -398,14 +398,13 @@ def _event_payload(seq: int, database: str | None, bundle: Path | None) -> dict[
 def rotate_redaction_key(config: ConfigOption = None) -> None:
     """Make a new redaction key current (data_dir/redaction). Older keys stay, so every digest they made can
     still be checked; replicas pick the new key up on their next request."""
-    from keyturn.commands._common import settings
-    from keyturn.keys import KeyRing, KeyRingError
+    from keyturn.commands._common import admin_service
+    from keyturn.signing_keys import KeyRingError
 
-    configured = settings(config, None)
-    try:
-        key = KeyRing(configured.data_dir).rotate_redaction_key()
-    except (OSError, KeyRingError) as exc:
-        raise failure(f"data_dir {configured.data_dir}: {exc}") from exc
-    typer.echo(
-        f"redaction key {key.kid} is current: {configured.data_dir / 'redaction' / (key.kid + '.key')}"
-    )
+    with admin_service(config, None) as admin:
+        try:
+            key = admin.keyring.rotate_redaction_key()
+        except (OSError, KeyRingError) as exc:
+            raise failure(f"redaction key: {exc}") from exc
+        where = admin.keyring.storage
+    typer.echo(f"redaction key {key.kid} is current (kept in the {where})")

@@ -154,7 +154,7 @@ def mcp_proxy(
         raise _fail(str(exc)) from exc
     api_key = os.environ.get(api_key_env)
     if not api_key:
-        raise _fail(f"no keyturn API key: set ${api_key_env} (an agent key from `keyturn keys create`)")
+        raise _fail(f"no keyturn API key: set ${api_key_env} (an agent key from `keyturn api-keys create`)")
     token = _listen_token(listen_token_env, listen_token_file) if listen else ""
     settings = ProxySettings(
         name=name,

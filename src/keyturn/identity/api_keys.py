@@ -1,4 +1,4 @@
-"""Agent API keys: `kt_<id>_<secret>`, stored hashed in the database (`keyturn keys create|list|revoke`).
+"""Agent API keys: `kt_<id>_<secret>`, stored hashed in the database (`keyturn api-keys create|list|revoke`).
 
 `SqlApiKeyRepository` (keyturn.store.api_keys) implements `ApiKeyRepository`. An API key always
 authenticates an *agent*: a key is a bearer secret that a program holds, and agents never review.

@@ -335,6 +335,30 @@ def set_user_password(path: Path, user_id: str, password: str) -> None:
         _replace(path, new_text)
 
 
+def remove_user_token(path: Path, token_id: str) -> tuple[str, UserToken]:
+    """Remove a personal token from the users file (revocation); returns its user id and the token entry.
+
+    Same locking and atomic replacement as `add_user_token`; a running server refuses the token from its
+    next request on. Raises `UsersFileError` when no user has a token `token_id`.
+    """
+    path = Path(path)
+    with _locked(path):
+        text = path.read_text(encoding="utf-8")
+        document = parse_users(text, str(path))
+        found = [(u.id, t) for u in document.users for t in u.tokens if t.id == token_id]
+        if not found:
+            raise UsersFileError(f"{path}: no user token {token_id!r}")
+        raw = yaml.safe_load(text)
+        for user in raw["users"]:
+            user["tokens"] = [t for t in user.get("tokens") or [] if t.get("id") != token_id]
+        new_text = _leading_comments(text) + yaml.safe_dump(
+            raw, sort_keys=False, allow_unicode=True, default_flow_style=None, width=120
+        )
+        parse_users(new_text, str(path))
+        _replace(path, new_text)
+    return found[0]
+
+
 def _leading_comments(text: str) -> str:
     kept = []
     for line in text.splitlines(keepends=True):

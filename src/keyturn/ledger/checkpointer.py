@@ -46,7 +46,7 @@ Clock = Callable[[], datetime]
 
 
 class SigningKeyLike(Protocol):
-    """What `keyturn.keys.SigningKey` provides and the ledger needs."""
+    """What `keyturn.signing_keys.SigningKey` provides and the ledger needs."""
 
     @property
     def kid(self) -> str: ...
@@ -156,9 +156,11 @@ class Checkpointer:
         witness: WitnessPublisher | None = None,
         tree: LiveTree | None = None,
         clock: Clock = lambda: datetime.now(UTC),
+        signer_source: Callable[[], NoteSigner] | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
+        self.signer_source = signer_source  # the current key at each checkpoint (rotation, other replicas)
         self.origin = origin
         self.every = every
         self.interval = interval
@@ -205,6 +207,8 @@ class Checkpointer:
         with self.tree.lock:
             root = tree.root(size)
         now = self.clock()
+        if self.signer_source is not None:
+            self.signer = self.signer_source()
         note = sign_checkpoint(self.signer, Checkpoint(self.origin, size, root, now))
         self._last_size, self._last_time = size, time.monotonic()
         if not self.store.add_checkpoint(size, root.hex(), note, self.signer.name, now):
@@ -244,6 +248,17 @@ async def running_checkpointer(
     await to_thread.run_sync(
         lambda: register_keys(store, origin, current, keyring.public_key_map("ledger"), datetime.now(UTC))
     )
+    registered = {current.kid}
+
+    def signer_source() -> NoteSigner:
+        # The key ring's current ledger key: a rotation (here, by the CLI or on another replica) is picked up
+        # at the next checkpoint, and its public key recorded first, so the database alone still verifies.
+        key = keyring.signing_key("ledger")
+        if key.kid not in registered:
+            register_keys(store, origin, key, keyring.public_key_map("ledger"), datetime.now(UTC))
+            registered.add(key.kid)
+        return signer_for(origin, key)
+
     ledger = settings.ledger
     checkpointer = Checkpointer(
         store,
@@ -253,6 +268,7 @@ async def running_checkpointer(
         interval=ledger.checkpoint_interval.total_seconds(),
         witness=WitnessPublisher(ledger.witness_dir, ledger.witness_urls),
         tree=tree,
+        signer_source=signer_source,
     )
     task = asyncio.create_task(checkpointer.run())
     try:

@@ -15,34 +15,43 @@ from fastapi.responses import PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from keyturn import __version__, metrics
+from keyturn.admin import Admin
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
-from keyturn.keys import KeyRing
 from keyturn.ledger.checkpointer import running_checkpointer
-from keyturn.policy import PolicyHolder
-from keyturn.server import errors
-from keyturn.server.api import actions, grants, ledger, system
+from keyturn.operations import Operations
+from keyturn.server import errors, reloader
+from keyturn.server.api import actions, admin, grants, ledger, system
 from keyturn.server.console import HERE as CONSOLE_DIR
 from keyturn.server.console import build_console, ledger_routes, passkey_routes, policy_routes
 from keyturn.server.console import routes as console_routes
 from keyturn.server.limits import RequestGuard
 from keyturn.server.readiness import Readiness
+from keyturn.server.startup import Components, prepare
 from keyturn.service import Keyturn
-from keyturn.store import Store, StoreUnavailable
+from keyturn.store import StoreUnavailable
 from keyturn.store.console import SqlConsoleRepository
 
 log = logging.getLogger("keyturn.server")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, components: Components | None = None) -> FastAPI:
+    """The app. `keyturn serve` prepares the `components` itself before it binds (so a start-up problem is
+    one line before anything is created) and puts them in `app.state.components`; without them the
+    lifespan prepares its own."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.open(settings.database)
-        store.upgrade()
-        keyring = KeyRing(settings.data_dir)
-        policy = PolicyHolder(settings.policy)
+        prepared = components or getattr(app.state, "components", None)
+        if prepared is None:
+            prepared = await to_thread.run_sync(prepare, settings)
+        store, policy, keyring = prepared.store, prepared.policy, prepared.keyring
         svc = Keyturn(settings, store, policy, keyring)
         app.state.keyturn = svc
+        app.state.ops = Operations(store, policy, keyring)
+        app.state.admin = Admin(
+            store, keyring, users_file=settings.users_file, ledger_origin=settings.ledger.origin
+        )
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
@@ -53,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
             async with (
                 Readiness(store.probe_write).running() as app.state.readiness,
                 running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
+                reloader.watching(policy, settings.policy_reload_interval),
             ):
                 yield
         finally:
@@ -68,6 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Action-level approvals for AI agents, pipelines and scripts.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which an offline or locked-down host cannot
+        # reach (a blank page): the machine-readable /openapi.json is served, the HTML viewers are not.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=settings.server.max_body_bytes)
@@ -75,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    app.include_router(admin.router)
     app.include_router(console_routes.router)
     app.include_router(passkey_routes.router)
     app.include_router(ledger_routes.router)

@@ -23,6 +23,7 @@ from keyturn.store.records import (
     StoredEvent,
     StoredLedgerKey,
 )
+from keyturn.store.server_keys import SqlServerKeyRepository
 from keyturn.store.store import Store
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "NotFound",
     "PostgresChangeFeed",
     "SqlApiKeyRepository",
+    "SqlServerKeyRepository",
     "StorageFull",
     "Store",
     "StoreError",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from keyturn.model import Event
 from keyturn.store.errors import StoreError
 from keyturn.store.records import ApiKeyRecord
 from keyturn.store.schema import api_keys
@@ -33,7 +34,8 @@ class SqlApiKeyRepository:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
         return None if row is None else _record(row)
 
-    def add(self, record: ApiKeyRecord) -> None:
+    def add(self, record: ApiKeyRecord, events: tuple[Event, ...] = ()) -> None:
+        """Store a key; `events` (its ledger events) are appended in the same transaction."""
         try:
             with self._store._write() as tx:
                 tx.conn.execute(
@@ -47,17 +49,21 @@ class SqlApiKeyRepository:
                         revoked_at=record.revoked_at,
                     )
                 )
+                self._store._append_events(tx.conn, events)
         except IntegrityError as exc:
             raise StoreError(f"an API key with id {record.key_id!r} exists already") from exc
 
-    def revoke(self, key_id: str) -> bool:
-        """False when there is no such key or it was revoked already (the first revocation time stays)."""
+    def revoke(self, key_id: str, events: tuple[Event, ...] = ()) -> bool:
+        """False when there is no such key or it was revoked already (the first revocation time stays).
+        `events` are appended in the same transaction, only if this call revoked the key."""
         with self._store._write() as tx:
             result = tx.conn.execute(
                 update(api_keys)
                 .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self._now())
             )
+            if result.rowcount == 1:
+                self._store._append_events(tx.conn, events)
         return result.rowcount == 1
 
     def list(self) -> list[ApiKeyRecord]:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -84,6 +85,7 @@ requests = Table(
     Column("idempotency_key", Text, nullable=True),
     Column("record", Text, nullable=False),  # RequestRecord JSON: the source of truth
     Column("response", Text, nullable=True),  # the first submit answer, replayed for a repeated key
+    Column("tier", String(100), nullable=True),  # the route's risk tier (pending-by-tier metrics)
     UniqueConstraint("requester", "idempotency_key"),
     # Keyset pagination, newest first: all requests, one status (the review queue), one requester.
     Index(None, "created_at", "id"),
@@ -214,6 +216,28 @@ passkeys = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("last_used_at", UtcDateTime, nullable=True),
     Column("revoked_at", UtcDateTime, nullable=True),
+)
+
+server_keys = Table(
+    "server_keys",
+    metadata,
+    Column("kid", String(100), primary_key=True),
+    Column("purpose", String(32), nullable=False),  # grant, ledger, redaction, …
+    Column("algorithm", String(20), nullable=False),  # Ed25519 | HMAC-SHA256
+    Column("public_key", Text, nullable=True),  # base64url raw public key; NULL for a symmetric key
+    Column("sealed", Text, nullable=False),  # base64url(nonce || AES-256-GCM(raw key)) under the KEK
+    Column("kek_id", String(32), nullable=False),  # which key-encryption key sealed it
+    Column("state", String(10), nullable=False),  # current | verifying | retired
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("retired_at", UtcDateTime, nullable=True),
+    # One current key per purpose: of replicas creating the first key at once, one insert wins.
+    Index(
+        "uq_server_keys_current",
+        "purpose",
+        unique=True,
+        sqlite_where=text("state = 'current'"),
+        postgresql_where=text("state = 'current'"),
+    ),
 )
 
 # --- chat (Slack): linked accounts, one-time link codes, seen request signatures ----------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +35,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -493,6 +494,26 @@ class Store:
             for row in rows
         ]
 
+    def append_events(self, new_events: tuple[Event, ...]) -> None:
+        """Append events that belong to no transition (administration), in one transaction."""
+        with self._write() as tx:
+            self._append_events(tx.conn, new_events)
+
+    # --- operations ---------------------------------------------------------------------------------
+
+    def pending_summary(self) -> tuple[dict[str, int], datetime | None]:
+        """Pending requests by risk tier (untiered ones under "none") and the creation time of the oldest:
+        one aggregate query over the (status, created_at) index, as many rows as there are tiers."""
+        tier = func.coalesce(requests.c.tier, "none")
+        with self._read() as conn:
+            rows = conn.execute(
+                select(tier, func.count(), func.min(requests.c.created_at))
+                .where(requests.c.status == Status.PENDING.value)
+                .group_by(tier)
+            ).all()
+        oldest = [_aware(r[2]) for r in rows if r[2] is not None]
+        return {str(r[0]): int(r[1]) for r in rows}, (min(oldest) if oldest else None)
+
     # --- transactions -------------------------------------------------------------------------------
 
     @contextmanager
@@ -650,6 +671,7 @@ def _request_columns(record: RequestRecord) -> dict[str, Any]:
         "version": record.version,
         "idempotency_key": request.idempotency_key,
         "record": record.model_dump_json(),
+        "tier": record.verdict.route.tier if record.verdict.route is not None else None,
     }
 
 
@@ -716,3 +738,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     if created_at.tzinfo is None or not request_id:
         raise InvalidCursor(f"not a cursor from this server: {cursor!r}")
     return created_at, request_id
+
+
+def _aware(value: Any) -> datetime:
+    """`min()` of a UtcDateTime column comes back untyped (SQLite: text): make it an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -13,7 +13,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keyturn.keys import KeyRing, KeyRingError, thumbprint
+from keyturn.signing_keys import DirectoryKeyRing as KeyRing
+from keyturn.signing_keys import KeyRingError, thumbprint
 
 
 def mode(path: Path) -> int:
@@ -89,7 +90,7 @@ def test_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
         keys[new.kid].verify(signature, b"approved")
 
     statuses = {k["kid"]: k["status"] for k in ring.jwks()["keys"] if k["keyturn_purpose"] == "grant"}
-    assert statuses == {old.kid: "retired", new.kid: "current"}
+    assert statuses == {old.kid: "verifying", new.kid: "current"}
 
 
 def test_jwks_lists_every_purpose_as_okp_jwks(tmp_path: Path) -> None:
@@ -138,3 +139,27 @@ def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
     # The losers of the creation race removed their keys: one key file per purpose, no temporary files.
     assert {p.name for p in (tmp_path / "grant").iterdir()} == {"current", f"{grant_kid}.pem"}
     assert KeyRing(tmp_path).signing_key("grant").kid == grant_kid
+
+
+def test_retire_stops_a_key_verifying_and_keeps_it_listed(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    old = ring.signing_key("grant").kid
+    new = ring.rotate("grant").kid
+    with pytest.raises(KeyRingError, match="current grant key: rotate"):
+        ring.retire(new)
+    ring.retire(old)
+    assert set(ring.public_key_map("grant")) == {new}
+    assert {(k.kid, k.state) for k in ring.list_keys() if k.purpose == "grant"} == {
+        (old, "retired"),
+        (new, "current"),
+    }
+    assert set(KeyRing(tmp_path).public_key_map("grant")) == {new}  # another process agrees
+    with pytest.raises(KeyRingError, match="no verifying key"):
+        ring.retire(old)
+
+
+def test_a_directory_ring_creates_nothing_until_a_key_is_needed(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+    ring.signing_key("grant")
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
