@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("keyturn_requests_total", "Action requests submitted, by policy decision", ["decision"])
 REVIEWS = Counter("keyturn_reviews_total", "Reviews accepted, by decision", ["decision"])
@@ -14,3 +14,13 @@ POLICY_SECONDS = Histogram(
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
 )
 HTTP_ERRORS = Counter("keyturn_http_errors_total", "Error answers of the API, by code", ["code"])
+DELIVERIES = Counter(
+    "keyturn_channel_deliveries_total",
+    "Outbox delivery attempts, by channel (slack, teams, webhook) and outcome"
+    " (delivered, retry, dead, cancelled)",
+    ["channel", "outcome"],
+)
+OUTBOX_DUE = Gauge("keyturn_outbox_due_rows", "Outbox rows due for delivery now (not yet delivered)")
+OUTBOX_OLDEST_DUE_AGE = Gauge(
+    "keyturn_outbox_oldest_due_age_seconds", "How long the oldest undelivered due outbox row has been due"
+)

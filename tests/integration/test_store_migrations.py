@@ -28,6 +28,9 @@ TABLES = {
     "ledger_keys",
     "decision_records",
     "api_keys",
+    "outbox",
+    "message_refs",
+    "channel_targets",
     "alembic_version",
 }
 
@@ -37,7 +40,7 @@ def test_upgrade_creates_the_schema_on_an_empty_database(database_url: str) -> N
         assert current_revision(store.engine) is None
         assert set(inspect(store.engine).get_table_names()) == set()
         store.upgrade()
-        assert current_revision(store.engine) == head_revision() == "0001_initial"
+        assert current_revision(store.engine) == head_revision() == "0003_outbox"
         assert set(inspect(store.engine).get_table_names()) == TABLES
         with store.engine.connect() as conn:
             assert conn.execute(select(ledger_head)).all() == [(1, 0)]

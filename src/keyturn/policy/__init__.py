@@ -29,10 +29,11 @@ __all__ = [
 class PolicyHolder:
     """The current policy of a process. Loads at construction (raising `PolicyError` if it cannot)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], *, targets: frozenset[str] | None = None) -> None:
         self.paths = [Path(p) for p in paths]
+        self.targets = targets  # the notify targets the configuration defines (None: not checked)
         self._lock = threading.Lock()
-        self._current = load_policy(self.paths)
+        self._current = load_policy(self.paths, targets=targets)
 
     @property
     def current(self) -> CompiledPolicy:
@@ -41,6 +42,6 @@ class PolicyHolder:
     def reload(self) -> CompiledPolicy:
         """Load the files again; on failure raise `PolicyError` and keep serving the last good policy."""
         with self._lock:
-            policy = load_policy(self.paths)
+            policy = load_policy(self.paths, targets=self.targets)
             self._current = policy  # a single reference swap: readers see the old or the new policy
             return policy

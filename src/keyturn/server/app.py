@@ -12,6 +12,8 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from keyturn import __version__, metrics
+from keyturn.channels.registry import target_names
+from keyturn.channels.runtime import running_channels
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
 from keyturn.keys import KeyRing
@@ -31,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         store = Store.open(settings.database)
         store.upgrade()
         keyring = KeyRing(settings.data_dir)
-        policy = PolicyHolder(settings.policy)
+        policy = PolicyHolder(settings.policy, targets=target_names(settings))
         svc = Keyturn(settings, store, policy, keyring)
         app.state.keyturn = svc
         for problem in svc.unresolved_secrets():
@@ -40,7 +42,10 @@ def create_app(settings: Settings) -> FastAPI:
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
-            async with running_checkpointer(app.state, settings, store, keyring):
+            async with (
+                running_checkpointer(app.state, settings, store, keyring),
+                running_channels(settings, store),
+            ):
                 yield
         finally:
             timers.cancel()

@@ -1,0 +1,79 @@
+"""From the `channels:` settings to `Channel` objects, and the target names a policy may use.
+
+Each channel kind lives in its own module that exposes `channel_kind() -> ChannelKind`; adding one is one
+line in `_MODULES`. Target names come from the settings alone (`target_names`), so `keyturn policy check
+--config` and the server validate a policy's `notify` targets the same way, without building a channel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keyturn.channels.base import Channel
+from keyturn.config import SecretSettings, Settings
+
+# One line per channel kind: a module with `channel_kind()`.
+_MODULES = ("keyturn.channels.webhook",)
+
+
+class ChannelConfigError(Exception):
+    """A channel cannot start from its settings; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ChannelKind:
+    name: str  # the target prefix: "webhook" in "webhook:siem"
+    build: Callable[[Settings], Channel | None]  # None: not configured
+
+
+def channel_kinds() -> list[ChannelKind]:
+    kinds = []
+    for module_name in _MODULES:
+        module = importlib.import_module(module_name)
+        kinds.append(module.channel_kind())
+    return kinds
+
+
+def build_channels(settings: Settings) -> dict[str, Channel]:
+    """Every configured channel, by kind. Raises `ChannelConfigError` naming the setting that is wrong."""
+    channels: dict[str, Channel] = {}
+    for kind in channel_kinds():
+        channel = kind.build(settings)
+        if channel is not None:
+            channels[kind.name] = channel
+    return channels
+
+
+def target_names(settings: Settings) -> frozenset[str]:
+    """The targets the configuration defines: exact names, or `KIND:*` where any name of a kind is valid
+    (a Slack channel is named by Slack, not by keyturn's configuration)."""
+    channels = settings.channels
+    names: set[str] = {f"webhook:{name}" for name in channels.webhooks}
+    if channels.slack is not None:
+        names.add("slack:*")
+    if channels.teams is not None:
+        names.update(f"teams:{name}" for name in channels.teams.conversations)
+    return frozenset(names)
+
+
+def target_defined(target: str, names: frozenset[str]) -> bool:
+    kind = target.split(":", 1)[0]
+    return target in names or f"{kind}:*" in names
+
+
+def read_secret(spec: SecretSettings, setting: str) -> str:
+    """A secret from the environment or a file, or a `ChannelConfigError` naming the setting."""
+    if spec.env:
+        value = os.environ.get(spec.env)
+        if not value:
+            raise ChannelConfigError(f"{setting}: the environment variable {spec.env} is not set")
+        return value
+    if spec.file:
+        try:
+            return spec.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ChannelConfigError(f"{setting}: cannot read {spec.file}: {exc.strerror or exc}") from exc
+    raise ChannelConfigError(f"{setting}: give `env` or `file`")
