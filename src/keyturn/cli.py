@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from keyturn.client import ApiError, Client, default_url
-from keyturn.commands import db, exec_, keys, policy, users
+from keyturn.commands import channels, db, exec_, keys, outbox, policy, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
@@ -37,6 +37,8 @@ app.add_typer(db.app, name="db", help="Database schema.")
 app.add_typer(keys.app, name="keys", help="Agent API keys.")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
+app.add_typer(outbox.app, name="outbox", help="Channel deliveries: list, retry dead ones.")
+app.add_typer(channels.app, name="channels", help="Notification channels: test a target, enable one.")
 app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
 app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
     mcp_commands.mcp_proxy
