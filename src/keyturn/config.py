@@ -114,7 +114,7 @@ class DeliverySettings(BaseModel):
     lease: timedelta = Field(
         default=timedelta(seconds=60), description="a replica dying mid-delivery lets its rows go after this"
     )
-    max_in_flight: int = Field(default=64, ge=1, description="deliveries under way at once per replica")
+    max_in_flight: int = Field(default=32, ge=1, description="deliveries under way at once per replica")
 
 
 class ChannelsSettings(BaseModel):

@@ -32,6 +32,7 @@ rules:
     decision: review
     quorum: 1
     approvers: [sre]
+    redact: [params.connection_string]
 """
 
 FAST_RETRIES = {"retry_schedule": [0.2, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], "jitter": 0.1}

@@ -105,6 +105,9 @@ class WebhookChannel:
         self._client = client or httpx.AsyncClient(
             follow_redirects=False,  # a redirect could lead a signed event anywhere: never follow one
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            # a few kept-alive connections per replica: gentle on receivers, and httpcore's pool grows
+            # slower, not faster, with many more
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
             headers={"user-agent": f"keyturn/{__version__}"},
         )
 
