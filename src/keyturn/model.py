@@ -143,6 +143,8 @@ class Route(Frozen):
     redact: tuple[str, ...] = ()  # dotted paths like "params.connection_string"
     editable: tuple[str, ...] = ()  # dotted paths like "params.rows"
     step_up: bool = False
+    # How recent a login (or passkey assertion) must be for a review to count on a step_up route.
+    step_up_max_age: timedelta = timedelta(minutes=5)
     grant_ttl: timedelta = timedelta(minutes=5)
     secrets: tuple[str, ...] = ()  # names of brokered secrets handed over with the grant
 

@@ -1,8 +1,11 @@
 """The application core: policy, workflow, store and grants put together.
 
-`Keyturn` is what the HTTP API, the CLI and the background timers call. It authorises *who may ask*
-(reading, listing), evaluates policy, asks `keyturn.workflow` for the transition and persists it in one
-store transaction. The guarantees themselves are in `workflow.py`; this module never decides an approval.
+`Keyturn` is the port every transport calls: the HTTP API, the console, the chat channels, the background
+timers. It authorises *who may ask* (reading, listing, the ledger), evaluates policy, asks
+`keyturn.workflow` for the transition and persists it in one store transaction. The guarantees themselves
+are in `workflow.py`; this module never decides an approval. It knows no transport: refusals are
+`keyturn.errors` values that each transport words its own way, and no transport reaches past it into the
+store, the policy or the keys.
 """
 
 from __future__ import annotations
@@ -11,18 +14,20 @@ import builtins
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keyturn import metrics, workflow
+from keyturn import brokered, metrics, workflow
 from keyturn.config import Settings
+from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.grants import GrantError, GrantIssuer, verify_grant
 from keyturn.keys import KeyRing
+from keyturn.ledger.live import LiveLedger
 from keyturn.model import (
     ActionRequest,
     Principal,
@@ -32,56 +37,34 @@ from keyturn.model import (
     Status,
     Verdict,
     canonical_json,
-    params_digest,
-    same_identity,
 )
 from keyturn.policy import PolicyHolder
-from keyturn.store import ConcurrentUpdate, DecisionRecord, DuplicateIdempotencyKey, InvalidCursor, Store
+from keyturn.store import (
+    ConcurrentUpdate,
+    DecisionRecord,
+    DuplicateIdempotencyKey,
+    InvalidCursor,
+    Store,
+    Subscription,
+)
+
+__all__ = [
+    "Conflict",
+    "Consumed",
+    "Forbidden",
+    "Keyturn",
+    "NotFound",
+    "ServiceError",
+    "Submission",
+    "Unavailable",
+    "Unprocessable",
+]
 
 log = logging.getLogger("keyturn")
 
 Clock = Callable[[], datetime]
 
 _RETRIES = 8  # optimistic-concurrency retries of one review/cancel/consume before giving up
-
-
-class ServiceError(Exception):
-    """An error for the caller; `status` is the HTTP status the API answers with."""
-
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail or {}
-
-
-class NotFound(ServiceError):
-    status = 404
-    code = "not_found"
-
-
-class Forbidden(ServiceError):
-    status = 403
-    code = "forbidden"
-
-
-class Conflict(ServiceError):
-    status = 409
-    code = "conflict"
-
-
-class Unprocessable(ServiceError):
-    """Well-formed JSON the lifecycle refuses for what it says (a deny without reason, a refused edit)."""
-
-    status = 422
-    code = "unprocessable"
-
-
-class Unavailable(ServiceError):
-    status = 503
-    code = "unavailable"
 
 
 def utcnow() -> datetime:
@@ -133,6 +116,7 @@ class Keyturn:
         self.grant_issuer = GrantIssuer(
             keyring.signing_key("grant"), issuer=settings.base_url, audience=settings.grant_audience
         )
+        self.live_ledger = LiveLedger(store, settings.ledger.origin)
 
     # --- policy -------------------------------------------------------------------------------------
 
@@ -141,6 +125,14 @@ class Keyturn:
         verdict = self.policy.current.evaluate(request, self.clock())
         metrics.POLICY_SECONDS.observe(time.perf_counter() - started)
         return verdict
+
+    def dry_run(self, request: ActionRequest, now: datetime | None = None) -> Verdict:
+        """What policy would say about `request` (at `now`); records nothing."""
+        return self.policy.current.evaluate(request, now or self.clock())
+
+    @property
+    def loaded_policy_revision(self) -> str:
+        return self.policy.current.revision
 
     # --- submit -------------------------------------------------------------------------------------
 
@@ -213,7 +205,7 @@ class Keyturn:
                 status=Status.PENDING, reviewable_groups=set(principal.groups), limit=limit, cursor=cursor
             )
             now = self.clock()
-            return [r for r in records if self.may_review(principal, r, now)], next_cursor
+            return [r for r in records if workflow.may_review(r, principal, now)], next_cursor
         if Role.AUDITOR in principal.roles:
             return self.store.list_requests(status=status, limit=limit, cursor=cursor)
         if principal.kind.value == "human" and principal.groups:
@@ -235,17 +227,6 @@ class Keyturn:
             return self._list(principal, status=status, reviewable=reviewable, limit=limit, cursor=cursor)
         except InvalidCursor as exc:
             raise ServiceError(f"cursor: {exc}", {"field": "query.cursor"}) from exc
-
-    def may_review(self, principal: Principal, record: RequestRecord, now: datetime) -> bool:
-        """Whether the queue should offer this request to `principal` (the workflow decides for real)."""
-        if record.status is not Status.PENDING or (record.expires_at and now >= record.expires_at):
-            return False
-        if same_identity(principal.id, record.request.requester.id) or same_identity(
-            principal.id, record.request.on_behalf_of
-        ):
-            return False
-        digest = params_digest(workflow.effective_params(record))
-        return not any(r.reviewer == principal.id and r.params_digest == digest for r in record.reviews)
 
     def history(self, record: RequestRecord) -> builtins.list[dict[str, Any]]:
         return [
@@ -334,7 +315,7 @@ class Keyturn:
             transition = workflow.consume_grant(record, presented, principal, at)  # refusals come first
             # Brokered secrets are resolved before the consume is stored: a secret the server cannot hand
             # over must leave the grant unused, not strand the request in `executing` with nothing to run.
-            handed_over.update(self._resolve_secrets(record.verdict.brokered_secrets))
+            handed_over.update(brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets))
             return transition
 
         try:
@@ -355,15 +336,12 @@ class Keyturn:
         detail: str,
     ) -> RequestRecord:
         def step(record: RequestRecord, now: datetime) -> workflow.Transition:
-            if record.status is Status.EXECUTING and principal.id not in (
-                record.executor,
-                record.request.requester.id,
-            ):
-                # who may report is a question of identity (403), not of the request's state (409)
-                raise Forbidden(
-                    f"only the requester or the executor can report the result of {record.id}",
-                    {"code": "not_executor"},
-                )
+            transition = workflow.report_result(
+                record, principal, succeeded, now, output_digest=output_digest, detail=detail
+            )
+            if not detail:
+                return transition
+            # the workflow accepted the report: now remove any brokered secret the executor echoed
             scrubbed = self._scrub_brokered_secrets(record, detail)
             return workflow.report_result(
                 record, principal, succeeded, now, output_digest=output_digest, detail=scrubbed
@@ -372,18 +350,12 @@ class Keyturn:
         return self._transition(principal, request_id, step)
 
     def _scrub_brokered_secrets(self, record: RequestRecord, detail: str) -> str:
-        """An executor that echoes a brokered secret into its result must not put it in the ledger: the
-        server knows the exact values it handed over, so it removes them (pattern redaction may not)."""
-        if not detail:
-            return detail
+        """An executor that echoes a brokered secret into its result must not put it in the ledger."""
         try:
-            values = self._resolve_secrets(record.verdict.brokered_secrets)
-        except ServiceError:
+            values = brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets)
+        except Unavailable:
             return detail
-        for name, value in values.items():
-            if value:
-                detail = detail.replace(value, f"[secret {name}]")
-        return detail
+        return brokered.scrub(detail, values)
 
     def tick(self) -> int:
         """Expire and escalate what is due. Safe on several replicas: the store locks what it processes."""
@@ -452,35 +424,33 @@ class Keyturn:
 
     def unresolved_secrets(self) -> builtins.list[str]:
         """Configured brokered secrets that have no value now (said at start, not after an approval)."""
+        return brokered.unresolved(self.settings.secrets)
+
+    # --- what transports need besides requests -------------------------------------------------------
+
+    def changes(self, request_id: str) -> AbstractAsyncContextManager[Subscription]:
+        """Wake-ups for a request's transitions (made by any replica): what long-polls and streams wait on."""
+        return self.store.feed.subscribe(request_id)
+
+    def public_keys(self) -> dict[str, Any]:
+        """The JWK set of the keys that sign grants and ledger checkpoints."""
+        jwks: dict[str, Any] = self.keyring.jwks()
+        return jwks
+
+    def readiness(self) -> builtins.list[str]:
+        """What keeps this replica from serving now; empty when it is ready."""
         problems = []
-        for name in self.settings.secrets:
-            try:
-                self._resolve_secrets((name,))
-            except ServiceError as exc:
-                problems.append(exc.message)
+        try:
+            self.store.ping()
+        except Exception as exc:  # readiness must answer, whatever the database does
+            problems.append(f"database: {exc.__class__.__name__}")
         return problems
 
-    def _resolve_secrets(self, names: tuple[str, ...]) -> dict[str, str]:
-        values: dict[str, str] = {}
-        for name in names:
-            spec = self.settings.secrets.get(name)
-            if spec is None:
-                raise Unavailable(f"the policy grants secret {name!r}, which the server does not configure")
-            if spec.env is not None:
-                value = os.environ.get(spec.env)
-            elif spec.file is not None:
-                try:
-                    value = spec.file.read_text(encoding="utf-8").rstrip("\n")
-                except OSError as exc:
-                    raise Unavailable(
-                        f"secret {name!r} cannot be read from {spec.file}: {exc.strerror}"
-                    ) from exc
-            else:
-                value = None
-            if value is None:
-                raise Unavailable(f"secret {name!r} is configured but has no value")
-            values[name] = value
-        return values
+    def ledger(self, principal: Principal) -> LiveLedger:
+        """The live ledger, for auditors only (separation of duties: no other role implies it)."""
+        if Role.AUDITOR not in principal.roles:
+            raise Forbidden(f"{principal.id} does not have the auditor role")
+        return self.live_ledger
 
 
 # Which body field a refusal is about, so a client can point at it.
@@ -491,18 +461,19 @@ _REFUSED_FIELDS: dict[type[workflow.WorkflowError], str] = {
 
 
 def _service_error(exc: workflow.WorkflowError) -> ServiceError:
-    """The HTTP meaning of a lifecycle refusal; `detail.code` keeps the workflow's precise code.
+    """The kind of a lifecycle refusal; `detail.code` keeps the workflow's precise code.
 
-    422: the body asks for something the rules refuse (deny without reason, an edit policy refuses);
-    403: this caller may not do this (self review, agent, on-behalf-of, not qualified, not the requester);
-    409: the request's state does not allow it (decided, expired, grant consumed or mismatched).
+    Unprocessable: the body asks for something the rules refuse (deny without reason, a refused edit);
+    Forbidden: this caller may not do this (self review, agent, on-behalf-of, not qualified, step-up,
+    not the requester, not the executor); Conflict: the request's state does not allow it (decided,
+    expired, grant consumed or mismatched).
     """
     detail: dict[str, Any] = {"code": exc.code}
     for kind, where in _REFUSED_FIELDS.items():
         if isinstance(exc, kind):
             detail["field"] = where
             return Unprocessable(exc.message, detail)
-    if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester):
+    if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester | workflow.NotExecutor):
         return Forbidden(exc.message, detail)
     return Conflict(exc.message, detail)
 

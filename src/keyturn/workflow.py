@@ -16,18 +16,24 @@ The guarantees live here and only here:
 6. nothing is decided after expiry;
 7. a grant is consumed at most once, and only with the approved params;
 8. (unknown actions follow `defaults.decision`: the policy engine's job);
-9. events carry redacted payloads only.
+9. events carry redacted payloads only;
+10. a `step_up` route counts an approval only from a reviewer who proved presence for it: a passkey assertion
+    or an identity-provider login fresher than the route's `step_up_max_age` (never a chat click or a token).
+
+`review_refusal` is the one answer to "may this principal review this request now, and if not why": the
+review transition and the review queue both ask it, so what a surface offers is what the workflow accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from keyturn.model import (
     ActionRequest,
+    AuthMethod,
     Decision,
     Event,
     EventType,
@@ -79,6 +85,10 @@ class NotQualified(ReviewRefused):
     code = "not_qualified"
 
 
+class StepUpRequired(ReviewRefused):
+    code = "step_up_required"
+
+
 class AlreadyReviewed(ReviewRefused):
     code = "already_reviewed"
 
@@ -125,6 +135,12 @@ class GrantExpired(GrantRefused):
 
 class ResultRefused(WorkflowError):
     code = "result_refused"
+
+
+class NotExecutor(ResultRefused):
+    """Who may report a result is a question of identity, not of the request's state."""
+
+    code = "not_executor"
 
 
 class NothingToDo(WorkflowError):
@@ -217,18 +233,10 @@ def review(
     grant_id: str,
 ) -> Transition:
     """Apply one human's decision. Raises a `ReviewRefused` for any review the guarantees forbid."""
-    _require_pending(record, now)
+    refusal = review_refusal(record, reviewer, now, decision)
+    if refusal is not None:
+        raise refusal
     route = _require_route(record.verdict)
-    requester = record.request.requester
-    if reviewer.kind is not PrincipalKind.HUMAN:
-        raise AgentCannotReview(f"{reviewer.id} is an agent; only humans review requests")
-    if same_identity(reviewer.id, requester.id):
-        raise SelfReview(f"{reviewer.id} submitted this request and cannot review it")
-    route_groups = {g for req in route.requirements for g in req.groups}
-    if not reviewer.groups & route_groups:
-        raise NotQualified(
-            f"{reviewer.id} is not in any group this request needs ({', '.join(sorted(route_groups))})"
-        )
 
     if decision is ReviewDecision.DENY:
         if edited_params is not None:
@@ -251,10 +259,6 @@ def review(
             ),
         )
 
-    if same_identity(reviewer.id, record.request.on_behalf_of):
-        raise OnBehalfOfCannotApprove(
-            f"{reviewer.id} is the human this agent acts for and cannot approve its request"
-        )
     events: list[Event] = []
     current = effective_params(record)
     if edited_params is not None and dict(edited_params) != current:
@@ -276,8 +280,7 @@ def review(
         )
         current = new_params
     digest = params_digest(current)
-    if any(r.reviewer == reviewer.id and r.params_digest == digest for r in record.reviews):
-        # Approving again is only meaningful after someone else edited the params.
+    if _has_approved(record, reviewer, digest):
         raise AlreadyReviewed(f"{reviewer.id} has already approved these params")
     entry = Review(
         reviewer=reviewer.id,
@@ -322,6 +325,87 @@ def review(
     )
     events.append(_grant_issued(record, now))
     return Transition(record, tuple(events))
+
+
+def review_refusal(
+    record: RequestRecord,
+    reviewer: Principal,
+    now: datetime,
+    decision: ReviewDecision,
+    *,
+    check_presence: bool = True,
+) -> WorkflowError | None:
+    """Why `reviewer` may not make `decision` on `record` at `now`, or None when they may.
+
+    What the body of a review can still change (a deny's reason, an edit) is checked by `review` itself.
+    `check_presence=False` leaves out the step-up proof, which a surface can still ask the reviewer for.
+    """
+    try:
+        _require_pending(record, now)
+        route = _require_route(record.verdict)
+    except WorkflowError as refusal:
+        return refusal
+    requester = record.request.requester
+    if reviewer.kind is not PrincipalKind.HUMAN:
+        return AgentCannotReview(f"{reviewer.id} is an agent; only humans review requests")
+    if same_identity(reviewer.id, requester.id):
+        return SelfReview(f"{reviewer.id} submitted this request and cannot review it")
+    route_groups = {g for req in route.requirements for g in req.groups}
+    if not reviewer.groups & route_groups:
+        return NotQualified(
+            f"{reviewer.id} is not in any group this request needs ({', '.join(sorted(route_groups))})"
+        )
+    if decision is ReviewDecision.APPROVE:
+        # Only an approval needs proof of presence: a deny is the fail-safe direction, so a chat's Deny
+        # button works on a step-up route while its Approve button leads to the console (DESIGN §3).
+        if check_presence and route.step_up and not _present(reviewer, now, route.step_up_max_age):
+            return StepUpRequired(
+                f"approving this request needs a fresh login or a passkey (within "
+                f"{_minutes(route.step_up_max_age)}); {reviewer.id} authenticated by "
+                f"{reviewer.authn.method.value if reviewer.authn else 'an unknown method'}"
+            )
+        if same_identity(reviewer.id, record.request.on_behalf_of):
+            return OnBehalfOfCannotApprove(
+                f"{reviewer.id} is the human this agent acts for and cannot approve its request"
+            )
+        if _has_approved(record, reviewer, params_digest(effective_params(record))):
+            return AlreadyReviewed(f"{reviewer.id} has already approved these params")
+    return None
+
+
+def may_review(record: RequestRecord, reviewer: Principal, now: datetime) -> bool:
+    """Whether `record` belongs in `reviewer`'s review queue: they have not approved its current params yet
+    and some decision is open to them — a deny for the on-behalf-of human, an approval that a step-up
+    route will ask a fresh login or a passkey for."""
+    if _has_approved(record, reviewer, params_digest(effective_params(record))):
+        return False
+    return any(review_refusal(record, reviewer, now, d, check_presence=False) is None for d in ReviewDecision)
+
+
+# Presence proofs a step-up route accepts; tokens and chat clicks prove only that a credential was used.
+_PRESENCE_METHODS = frozenset({AuthMethod.PASSKEY, AuthMethod.OIDC, AuthMethod.CONSOLE})
+
+
+def _present(reviewer: Principal, now: datetime, max_age: timedelta) -> bool:
+    authn = reviewer.authn
+    if authn is None or authn.method not in _PRESENCE_METHODS or authn.at is None:
+        return False
+    # a clock a little ahead of ours is tolerated; a proof from the future beyond that is not
+    return timedelta(seconds=-60) <= now - authn.at <= max_age
+
+
+def _minutes(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}" if minutes else f"{int(span.total_seconds())} s"
+
+
+def _has_approved(record: RequestRecord, reviewer: Principal, digest: str) -> bool:
+    return any(
+        r.decision is ReviewDecision.APPROVE
+        and same_identity(r.reviewer, reviewer.id)
+        and r.params_digest == digest
+        for r in record.reviews
+    )
 
 
 def _check_edit(
@@ -554,10 +638,12 @@ def report_result(
     output_digest: str | None = None,
     detail: str = "",
 ) -> Transition:
+    if record.status is Status.EXECUTING and not (
+        same_identity(actor.id, record.executor) or same_identity(actor.id, record.request.requester.id)
+    ):
+        raise NotExecutor(f"only the requester or the executor can report the result of {record.id}")
     if record.status is not Status.EXECUTING:
         raise ResultRefused(f"request {record.id} is {record.status.value}, not executing")
-    if actor.id not in (record.executor, record.request.requester.id):
-        raise ResultRefused(f"only the requester or the executor can report the result of {record.id}")
     status = Status.SUCCEEDED if succeeded else Status.FAILED
     result = {"status": status.value, "output_digest": output_digest, "detail": detail}
     record = _bump(record, now, status=status, result=result)

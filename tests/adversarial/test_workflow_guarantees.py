@@ -15,6 +15,8 @@ import pytest
 from keyturn import workflow
 from keyturn.model import (
     ActionRequest,
+    Authentication,
+    AuthMethod,
     Decision,
     Escalation,
     EventType,
@@ -698,3 +700,82 @@ def test_an_edit_that_would_need_a_step_up_is_refused() -> None:
             edited_params={"rows": 10, "tags": ["pii"]},
             reevaluate=lambda _: review_verdict(stepped),
         )
+
+
+# --- guarantee 10: step-up ----------------------------------------------------------------------------
+
+
+def step_up_record(max_age: timedelta = timedelta(minutes=5)) -> RequestRecord:
+    stepped = route().model_copy(update={"step_up": True, "step_up_max_age": max_age})
+    return submit(review_verdict(stepped))
+
+
+def proving(who: Principal, method: AuthMethod, minutes_ago: float) -> Principal:
+    at = T0 + timedelta(minutes=1) - timedelta(minutes=minutes_ago)
+    return who.model_copy(update={"authn": Authentication(method=method, at=at)})
+
+
+@pytest.mark.parametrize(
+    ("method", "minutes_ago"),
+    [
+        (AuthMethod.CHAT, 0),  # a click in Slack or Teams proves only that a linked account clicked
+        (AuthMethod.USER_TOKEN, 0),
+        (AuthMethod.API_KEY, 0),
+        (AuthMethod.WORKLOAD_JWT, 0),
+        (AuthMethod.OIDC, 6),  # a login older than the route's max age
+        (AuthMethod.CONSOLE, 60),
+        (AuthMethod.PASSKEY, -5),  # a proof from the future beyond the clock tolerance
+    ],
+)
+def test_a_step_up_route_refuses_an_approval_without_fresh_presence(
+    method: AuthMethod, minutes_ago: float
+) -> None:
+    record = step_up_record()
+    with pytest.raises(workflow.StepUpRequired):
+        approve(record, proving(ALICE, method, minutes_ago), at=T0 + timedelta(minutes=1))
+    with pytest.raises(workflow.StepUpRequired):
+        approve(record, ALICE, at=T0 + timedelta(minutes=1))  # no authentication recorded at all
+
+
+@pytest.mark.parametrize(
+    ("method", "minutes_ago"), [(AuthMethod.PASSKEY, 0), (AuthMethod.OIDC, 4), (AuthMethod.CONSOLE, 1)]
+)
+def test_a_step_up_route_counts_a_passkey_or_a_fresh_login(method: AuthMethod, minutes_ago: float) -> None:
+    done = approve(step_up_record(), proving(ALICE, method, minutes_ago), at=T0 + timedelta(minutes=1))
+    assert done.status is Status.APPROVED
+
+
+def test_a_deny_on_a_step_up_route_needs_no_presence_proof() -> None:
+    chat = proving(ALICE, AuthMethod.CHAT, 0)
+    denied = workflow.review(
+        step_up_record(), chat, ReviewDecision.DENY, "not now", T0 + timedelta(minutes=1), grant_id="gr_x"
+    )
+    assert denied.record.status is Status.DENIED
+
+
+def test_the_review_queue_offers_a_step_up_request_to_a_token_holder_who_must_then_step_up() -> None:
+    record, now = step_up_record(), T0 + timedelta(minutes=1)
+    token = proving(ALICE, AuthMethod.USER_TOKEN, 0)
+    assert workflow.may_review(record, token, now)  # offered: the console asks for the proof
+    refusal = workflow.review_refusal(record, token, now, ReviewDecision.APPROVE)
+    assert isinstance(refusal, workflow.StepUpRequired)
+    assert (
+        workflow.review_refusal(record, proving(ALICE, AuthMethod.PASSKEY, 0), now, ReviewDecision.APPROVE)
+        is None
+    )
+
+
+def test_the_review_queue_asks_the_workflow_rules() -> None:
+    record, now = submit(on_behalf_of=OWNER.id), T0 + timedelta(minutes=1)
+    assert workflow.may_review(record, OWNER, now)  # may deny, so it is offered
+    assert isinstance(
+        workflow.review_refusal(record, OWNER, now, ReviewDecision.APPROVE), workflow.OnBehalfOfCannotApprove
+    )
+    assert workflow.review_refusal(record, OWNER, now, ReviewDecision.DENY) is None
+    for outsider in (AGENT, OTHER_AGENT, ERIN):
+        assert not workflow.may_review(record, outsider, now)
+    two_from_sre = review_verdict(route(Requirement(groups=("sre",), count=2)))
+    approved_once = approve(submit(two_from_sre), ALICE)
+    assert not workflow.may_review(approved_once, ALICE, now)  # already approved these params
+    assert workflow.may_review(approved_once, BOB, now)
+    assert not workflow.may_review(record, ALICE, record.expires_at or now)  # nothing after expiry

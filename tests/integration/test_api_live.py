@@ -246,11 +246,16 @@ def test_review_queue_shows_only_what_the_caller_may_review(server: LiveServer) 
         return {item["id"] for item in page["items"]}
 
     alice, olivia, bob, carol = queue(ALICE), queue(OLIVIA), queue(BOB), queue(CAROL)
-    assert for_olivia in alice and for_olivia not in olivia  # on-behalf-of never reviews
+    # The queue asks the workflow's own question (workflow.may_review): the human the agent acts for may
+    # not approve but may deny, so the request is in her queue — and only her deny is accepted.
+    assert for_olivia in alice and for_olivia in olivia
+    error(review(server, OLIVIA, for_olivia), 403, "on_behalf_of_cannot_approve")
     assert by_alice not in alice and by_alice in bob  # nobody reviews their own request
     assert critical not in alice and critical in bob and critical in carol
     assert reviewed in bob and reviewed not in carol  # carol is not in sre
     assert queue(AGENT) == set()  # agents review nothing
+    ok(review(server, OLIVIA, for_olivia, "deny", comment="not what I asked my agent to do"))
+    assert for_olivia not in queue(ALICE) | queue(OLIVIA)  # decided: in nobody's queue
 
 
 def test_bad_list_parameters_are_4xx_naming_the_parameter(sqlite_server: LiveServer) -> None:
@@ -307,6 +312,17 @@ def test_review_refusals_map_to_clear_errors(sqlite_server: LiveServer) -> None:
     error(review(sqlite_server, ALICE, own), 403, "self_review")
     state = ok(call(sqlite_server, AGENT, "GET", f"/v1/actions/{request_id}"))
     assert state["status"] == "pending" and state["reviews"] == []
+
+
+def test_a_step_up_route_refuses_a_token_approval_but_takes_a_deny(sqlite_server: LiveServer) -> None:
+    request_id = submit(sqlite_server, action="deploy.prod", resource="k8s://prod/api")["id"]
+    queue = ok(call(sqlite_server, ALICE, "GET", "/v1/actions", params={"reviewable": "true", "limit": 200}))
+    assert request_id in {item["id"] for item in queue["items"]}  # offered: the console asks for presence
+    err = error(review(sqlite_server, ALICE, request_id), 403, "step_up_required")
+    assert "fresh login or a passkey" in err["message"]
+    state = ok(call(sqlite_server, AGENT, "GET", f"/v1/actions/{request_id}"))
+    assert state["status"] == "pending" and state["reviews"] == [] and state["verdict"]["step_up"] is True
+    ok(review(sqlite_server, ALICE, request_id, "deny", comment="not during the incident"))
 
 
 def test_one_person_cannot_fill_two_requirements(server: LiveServer) -> None:

@@ -188,3 +188,19 @@ def test_the_console_script_reports_an_approval(server: LiveServer) -> None:
     assert process.returncode == 0, process.stderr
     assert f"{request_id}: approved" in process.stdout
     assert "go ahead" in process.stdout
+
+
+def test_submit_carries_context_and_refuses_a_context_that_is_not_an_object(server: LiveServer) -> None:
+    answer = submit(server, "db.export", "--context", '{"ticket": "OPS-42", "environment": "prod"}')
+    assert answer["context"] == {"ticket": "OPS-42", "environment": "prod"}
+    bad = run(server, AGENT, "submit", "db.export", "--context", "[1, 2]")
+    assert bad.exit_code == 2 and "--context must be a JSON object" in bad.stderr
+
+
+def test_version_and_an_empty_queue_say_so(server: LiveServer) -> None:
+    from keyturn import __version__
+
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.strip() == f"keyturn {__version__}"
+    empty = run(server, CAROL, "list", "--reviewable")
+    assert empty.exit_code == 0 and "nothing to review" in empty.stdout

@@ -177,6 +177,7 @@ def test_a_reviewer_denial_prints_the_reason_and_nothing_runs(server: LiveServer
 def test_no_decision_in_time_cancels_and_exits_75(server: LiveServer, tmp_path: Path) -> None:
     done = run_exec(server, "shell.exec", "touch", "late-marker", cwd=tmp_path, timeout=0.5)
     assert done.returncode == 75, done.stderr
+    assert "no decision within 0.5s (--timeout); the request was cancelled" in done.stderr
     assert not (tmp_path / "late-marker").exists()
     assert last_request(server, "shell.exec")["status"] == "cancelled"
 
@@ -214,6 +215,8 @@ def test_an_unreachable_server_fails_closed_with_69(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 69, done.stderr
+    assert "cannot reach the keyturn server at http://127.0.0.1:" in done.stderr
+    assert "ConnectError" not in done.stderr  # CLI words, not the SDK's exception repr
     assert not (tmp_path / "marker").exists()
 
 

@@ -15,13 +15,14 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from keyturn.commands.ledger import app as ledger_cli
-from keyturn.commands.ledger import verify_store
 from keyturn.ledger.checkpointer import Checkpointer
+from keyturn.ledger.live import LiveLedger, verify_store
 from keyturn.ledger.merkle import hash_leaf, verify_consistency, verify_inclusion
 from keyturn.ledger.report import build_report
 from keyturn.model import Principal, PrincipalKind, Role
 from keyturn.server import deps, errors
 from keyturn.server.api import ledger as ledger_api
+from keyturn.service import Keyturn
 from keyturn.store import Store
 from support.ledger import ORIGIN, build_ledger, make_signer, register, run_request
 
@@ -92,7 +93,8 @@ def test_verify_command_on_database_and_bundle(
         and "FAILED: database event seq 5: expected the event with seq 4" in failed.output
     )
     for args, message in [
-        (["verify"], "exactly one of --database URL or --bundle DIR"),
+        (["verify"], "no database at keyturn.db (give --config keyturn.yaml or --database URL)"),
+        (["verify", "--bundle", str(tmp_path), "--database", database_url], "not both"),
         (["verify", "--bundle", str(tmp_path)], "no such file"),
         (["verify", "--bundle", str(tmp_path / "b"), "--key", "nonsense"], "--key"),
         (["check-proof", str(tmp_path / "missing.json")], "missing.json"),
@@ -188,11 +190,21 @@ def _api(store: Store, roles: frozenset[Role]) -> TestClient:
     app = FastAPI()
     errors.install(app)
     app.include_router(ledger_api.router)
-    svc = SimpleNamespace(store=store, settings=SimpleNamespace(ledger=SimpleNamespace(origin=ORIGIN)))
+    svc = _LedgerService(store)
     who = Principal(id="user:audrey@example.com", kind=PrincipalKind.HUMAN, roles=roles)
     app.dependency_overrides[deps.service] = lambda: svc
     app.dependency_overrides[deps.principal] = lambda: who
     return TestClient(app)
+
+
+class _LedgerService:
+    """Just the ledger part of the service, with the service's own authorisation (`Keyturn.ledger`)."""
+
+    ledger = Keyturn.ledger
+
+    def __init__(self, store: Store) -> None:
+        self.live_ledger = LiveLedger(store, ORIGIN)
+        self.settings = SimpleNamespace(ledger=SimpleNamespace(origin=ORIGIN))
 
 
 def test_api_is_for_auditors_only(store: Store) -> None:

@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from keyturn.commands.ledger import verify_store
 from keyturn.ledger.bundle import export_store, verify_bundle
 from keyturn.ledger.checkpointer import Checkpointer
+from keyturn.ledger.live import verify_store
 from keyturn.ledger.merkle import MerkleTree
 from keyturn.ledger.note import NoteSigner, SignedCheckpoint, sign_checkpoint
 from keyturn.ledger.verify import CheckpointSource, VerifyResult

@@ -84,6 +84,12 @@ rules:
     quorum: 1
     approvers: [sre]
     editable: [params.argv, params.cwd]
+  - name: production deploys need presence
+    match: {action: deploy.prod}
+    decision: review
+    quorum: 1
+    approvers: [sre]
+    step_up: true
 """
 
 

@@ -11,7 +11,10 @@ every step the model checks `workflow.invariant_violations` and its own, indepen
 - approved ⇒ a brute-force check finds distinct, qualified humans (not the requester, not the on-behalf-of
   human) filling every requirement slot; and conversely, a pending request whose approvals already fill
   every slot is a bug (the matching would have missed a valid assignment);
-- nothing is decided at or after the review deadline.
+- nothing is decided at or after the review deadline;
+- on a `step_up` route an approval counts only with a presence proof (a passkey, or a login fresher than the
+  route's max age); a chat click, a token or a stale login is refused — and a deny never needs one;
+- the review queue (`workflow.may_review`) offers every request a reviewer then successfully decides.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from keyturn import workflow
 from keyturn.model import (
     ActionRequest,
+    Authentication,
+    AuthMethod,
     Decision,
     Escalation,
     Principal,
@@ -63,6 +68,29 @@ BY_ID = {p.id: p for p in PRINCIPALS}
 HUMANS = tuple(p for p in PRINCIPALS if p.kind is PrincipalKind.HUMAN)
 
 T0 = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+STEP_UP_MAX_AGE = timedelta(minutes=5)
+
+# How a reviewer authenticated for the review at hand: (method, minutes before the review), or None.
+AUTHNS: tuple[tuple[AuthMethod, int] | None, ...] = (
+    None,
+    (AuthMethod.USER_TOKEN, 0),
+    (AuthMethod.CHAT, 0),
+    (AuthMethod.API_KEY, 0),
+    (AuthMethod.OIDC, 1),
+    (AuthMethod.OIDC, 30),  # a stale login
+    (AuthMethod.CONSOLE, 2),
+    (AuthMethod.PASSKEY, 0),
+)
+
+
+def _fresh(authn: tuple[AuthMethod, int] | None) -> bool:
+    """The step-up rule, restated independently of the workflow."""
+    if authn is None:
+        return False
+    method, minutes_ago = authn
+    return method in (AuthMethod.PASSKEY, AuthMethod.OIDC, AuthMethod.CONSOLE) and timedelta(
+        minutes=minutes_ago
+    ) <= STEP_UP_MAX_AGE
 # 200 keeps CI fast; KEYTURN_HYPOTHESIS_EXAMPLES=2000 explores deeper locally.
 EXAMPLES = int(os.environ.get("KEYTURN_HYPOTHESIS_EXAMPLES", "200"))
 
@@ -169,6 +197,7 @@ class Lifecycle(RuleBasedStateMachine):
         on_behalf_of=st.none() | st.sampled_from(HUMANS).map(lambda p: p.id),
         rows=st.integers(0, 8000),
         editable=st.booleans(),
+        step_up=st.sampled_from([False, False, True]),
     )
     def submit(
         self,
@@ -180,8 +209,11 @@ class Lifecycle(RuleBasedStateMachine):
         on_behalf_of: str | None,
         rows: int,
         editable: bool,
+        step_up: bool,
     ) -> None:
         route = Route(
+            step_up=step_up,
+            step_up_max_age=STEP_UP_MAX_AGE,
             requirements=tuple(reqs),
             ttl=timedelta(minutes=ttl_minutes),
             editable=("params.rows",) if editable else (),
@@ -223,6 +255,7 @@ class Lifecycle(RuleBasedStateMachine):
         comment=st.sampled_from(["", " ", "looks fine", "no way"]),
         edit_rows=st.none() | st.none() | st.none() | st.integers(0, 20_000),
         edit_table=st.booleans(),
+        authn=st.sampled_from(AUTHNS),
     )
     def review(
         self,
@@ -234,6 +267,7 @@ class Lifecycle(RuleBasedStateMachine):
         comment: str,
         edit_rows: int | None,
         edit_table: bool,
+        authn: tuple[AuthMethod, int] | None,
     ) -> None:
         before = self._pick(index, pending_first=pending_first)
         # aim at the principals the guarantees are about, not only at whoever happens to be drawn
@@ -241,6 +275,17 @@ class Lifecycle(RuleBasedStateMachine):
             reviewer = before.request.requester
         elif aim == "on_behalf_of" and before.request.on_behalf_of:
             reviewer = BY_ID[before.request.on_behalf_of]
+        if authn is not None:
+            method, minutes_ago = authn
+            proof = Authentication(method=method, at=self.now - timedelta(minutes=minutes_ago))
+            reviewer = reviewer.model_copy(update={"authn": proof})
+        offered = workflow.may_review(before, reviewer, self.now)
+        approved_before = any(
+            r.reviewer == reviewer.id
+            and r.decision is ReviewDecision.APPROVE
+            and r.params_digest == params_digest(workflow.effective_params(before))
+            for r in before.reviews
+        )
         edited: dict[str, Any] | None = None
         if edit_rows is not None:
             edited = {**workflow.effective_params(before), "rows": edit_rows}
@@ -259,9 +304,10 @@ class Lifecycle(RuleBasedStateMachine):
                 grant_id=self._id("gr"),
             )
         except workflow.WorkflowError as refused:
-            self._check_refusal_was_justified(before, reviewer, decision, comment, edited, refused)
+            self._check_refusal_was_justified(before, reviewer, decision, comment, edited, refused, authn)
             return
         after = self._apply(before, transition)
+        assert offered or approved_before, "the queue hid a request this reviewer could decide"
         assert before.status is Status.PENDING
         assert reviewer.kind is PrincipalKind.HUMAN
         assert reviewer.id != before.request.requester.id
@@ -270,6 +316,7 @@ class Lifecycle(RuleBasedStateMachine):
             assert after.status is Status.DENIED and comment.strip()
         else:
             assert reviewer.id != before.request.on_behalf_of
+            assert not route.step_up or _fresh(authn), "a step-up route approved without presence"
             if edited is not None and edited != workflow.effective_params(before):
                 assert edited["table"] == before.request.params["table"], "a non-editable param changed"
                 assert isinstance(edited["rows"], int) and edited["rows"] <= 5_000, (
@@ -284,6 +331,7 @@ class Lifecycle(RuleBasedStateMachine):
         comment: str,
         edited: dict[str, Any] | None,
         refused: workflow.WorkflowError,
+        authn: tuple[AuthMethod, int] | None,
     ) -> None:
         """Refusals must have a reason the guarantees name; a wrong refusal would hide a liveness bug."""
         if isinstance(refused, workflow.NotPending):
@@ -300,6 +348,10 @@ class Lifecycle(RuleBasedStateMachine):
             route = record.verdict.route
             assert route is not None
             assert not reviewer.groups & {g for r in route.requirements for g in r.groups}
+        elif isinstance(refused, workflow.StepUpRequired):
+            route = record.verdict.route
+            assert route is not None and route.step_up and not _fresh(authn)
+            assert decision is ReviewDecision.APPROVE, "a deny never needs a step-up"
         elif isinstance(refused, workflow.ReasonRequired):
             assert decision is ReviewDecision.DENY and not comment.strip()
         elif isinstance(refused, workflow.RequirementAlreadyMet):

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Annotated, Any
 
@@ -34,6 +33,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from keyturn.humanize import human_duration, time_left
 from keyturn.sdk import (
     ApprovalTimeout,
     ConfigurationError,
@@ -43,7 +43,6 @@ from keyturn.sdk import (
     KeyturnError,
     Unreachable,
 )
-from keyturn.sdk._core import human_duration
 
 EXIT_DATAERR = 65
 EXIT_USAGE = 64
@@ -89,10 +88,16 @@ def run(
     if not command:
         errors.print("[red]error:[/red] no command given: keyturn exec --action A -- CMD ARGS…")
         raise typer.Exit(EXIT_USAGE)
+    if not token:
+        errors.print(
+            "[red]error:[/red] no API key: pass --token or set KEYTURN_API_KEY "
+            "(an agent key from `keyturn api-keys create`)"
+        )
+        raise typer.Exit(EXIT_USAGE)
     try:
         gate = Gate(url, token, timeout=timeout)
-    except ConfigurationError as exc:
-        errors.print(f"[red]error:[/red] {exc} (or pass --token)")
+    except ConfigurationError as exc:  # the URL: the key and the timeout are checked above
+        errors.print(f"[red]error:[/red] --url / KEYTURN_URL: {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from exc
     # `command` is the argv as one shell-quoted string: for reviewers' eyes and for policy conditions
     # written on a string (`params.command.contains('rm ')`); it is never run through a shell.
@@ -129,10 +134,17 @@ def run(
         errors.print(f"[red]✗ not run[/red]: the grant was refused: {escape(exc.message)}")
         raise typer.Exit(EXIT_NOPERM) from None
     except ApprovalTimeout as exc:
-        errors.print(f"[magenta]✗ not run[/magenta]: {escape(str(exc))}")
+        errors.print(
+            f"[magenta]✗ not run[/magenta] ({exc.request_id}): no decision within "
+            f"{f'{timeout:g}s' if timeout < 60 else human_duration(timeout)} (--timeout); "
+            "the request was cancelled"
+        )
         raise typer.Exit(EXIT_TEMPFAIL) from None
-    except Unreachable as exc:
-        errors.print(f"[red]✗ not run[/red]: {escape(str(exc))}")
+    except Unreachable:
+        errors.print(
+            f"[red]✗ not run[/red]: cannot reach the keyturn server at {escape(gate.url)}; "
+            "nothing ran (the gate fails closed)"
+        )
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     except UnrunnableCommand as exc:
         errors.print(f"[red]✗ not run[/red]: {escape(str(exc))}")
@@ -301,6 +313,14 @@ class StatusLine:
             self.live = None
 
     def update(self, view: dict[str, Any]) -> None:
+        if self.view is None and view.get("status") == "pending":
+            # Once, in full: what is asked and where a reviewer decides. The live line below stays short
+            # enough for an 80-column terminal.
+            self.console.print(
+                f"⏳ {view.get('id')}: waiting for approval of {view.get('action')}", style="yellow"
+            )
+            if view.get("review_url"):
+                self.console.print(f"   review: {view['review_url']}", style="dim", soft_wrap=True)
         self.view = view
         for review in (view.get("reviews") or [])[self.comments_shown :]:
             verb = "approved" if review.get("decision") == "approve" else "denied"
@@ -321,25 +341,12 @@ class StatusLine:
         return self._line()
 
     def _line(self) -> Text:
+        """`   needs 1 from sre, 1 from security · 14m06s left`, cut with … to the terminal's width."""
         view = self.view or {}
         needed = ", ".join(view.get("still_needed") or []) or "a reviewer"
-        line = Text()
-        line.append(f"⏳ {view.get('id')} ", style="yellow")
-        line.append(f"waiting for approval of {view.get('action')}: still needed {needed}")
-        left = _time_left(view.get("expires_at"))
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"   needs {needed}")
+        left = time_left(view.get("expires_at"))
         if left:
-            line.append(f" — {left} left", style="dim")
-        url = view.get("review_url")
-        if url:
-            line.append(f" — {url}", style="dim")
+            line.append(f" · {left} left", style="dim")
         return line
-
-
-def _time_left(expires_at: Any) -> str:
-    if not expires_at:
-        return ""
-    try:
-        seconds = (datetime.fromisoformat(str(expires_at)) - datetime.now(UTC)).total_seconds()
-    except ValueError:
-        return ""
-    return human_duration(seconds)

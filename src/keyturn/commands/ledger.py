@@ -1,7 +1,8 @@
 """`keyturn ledger …`: verify, export, prove, check-proof, report.
 
-`verify` and `check-proof` need no server and no configuration: `--bundle DIR` (an export) or
-`--database URL` is all they read. The others read the same configuration as `keyturn serve`.
+They read the same configuration as `keyturn serve` (`--config`, KEYTURN_CONFIG, KEYTURN_* variables);
+`--database URL` overrides the configured database. `verify`, `prove` and `check-proof` also work on an
+exported bundle (`--bundle DIR`) with no database and no configuration at all.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from keyturn.commands.output import failure
 from keyturn.ledger.note import NoteError, VerifierKey
-from keyturn.ledger.verify import CheckpointSource, LeafEntry, VerifyResult
+from keyturn.ledger.verify import CheckpointSource
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
+    from keyturn.config import Settings
+    from keyturn.ledger.live import LiveLedger
     from keyturn.store import Store
 
 app = typer.Typer(no_args_is_help=True)
@@ -34,16 +36,11 @@ KeyOption = Annotated[
 ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
 
 
-def _die(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _trusted(keys: list[str] | None) -> list[VerifierKey]:
     try:
         return [VerifierKey.parse(k) for k in keys or []]
     except NoteError as exc:
-        raise _die(f"--key: {exc}") from exc
+        raise failure(f"--key: {exc}") from exc
 
 
 def _external(files: list[Path] | None) -> list[CheckpointSource]:
@@ -52,61 +49,39 @@ def _external(files: list[Path] | None) -> list[CheckpointSource]:
         try:
             sources.append(CheckpointSource(path.read_text(encoding="utf-8"), str(path), external=True))
         except (OSError, UnicodeDecodeError) as exc:
-            raise _die(f"--checkpoint {path}: {exc}") from exc
+            raise failure(f"--checkpoint {path}: {exc}") from exc
     return sources
 
 
 def _open_store(url: str) -> Store:
     from keyturn.store import Store, StoreError
 
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.exists():  # opening it would create an empty database
+            raise failure(f"no database at {path} (give --config keyturn.yaml or --database URL)")
+
     try:
         store = Store.open(url)
         store.head_seq()
     except (StoreError, ValueError) as exc:
-        raise _die(f"--database: {exc}") from exc
+        raise failure(f"--database: {exc}") from exc
     except Exception as exc:  # e.g. no tables: not a keyturn database
-        raise _die(
+        raise failure(
             f"--database {url.split('@')[-1]}: not a keyturn database ({exc.__class__.__name__})"
         ) from exc
     return store
 
 
-def store_entries(store: Store, page: int = 5000) -> Iterator[LeafEntry]:
-    after = -1
-    while True:
-        batch = store.events(after_seq=after, limit=page)
-        for event in batch:
-            yield LeafEntry(
-                event.leaf_bytes(), bytes.fromhex(event.leaf_hash), f"database event seq {event.seq}"
-            )
-        if len(batch) < page:
-            return
-        after = batch[-1].seq
+def _open_ledger(config: Path | None, database: str | None) -> tuple[LiveLedger, Settings]:
+    """The live ledger of the configured (or given) database. Its origin is the configured one when a
+    configuration is given; with only --database, the one the stored checkpoints carry."""
+    from keyturn.commands._common import settings
+    from keyturn.ledger.live import LiveLedger
 
-
-def _log_origin(store: Store, configured: str | None) -> str | None:
-    """The origin the log's checkpoints carry: the configured one when a configuration is given; with only
-    --database, the one the stored checkpoints were signed with (a default from nowhere would make a genuine
-    log look like another log's)."""
-    if configured is not None:
-        return configured
-    stored = store.checkpoints()
-    return stored[-1].note.split("\n", 1)[0] if stored else None
-
-
-def verify_store(
-    store: Store, external: list[CheckpointSource], trusted: list[VerifierKey], origin: str | None = None
-) -> VerifyResult:
-    from keyturn.ledger.verify import Problem, verify_log
-
-    try:
-        keys = trusted or [VerifierKey.parse(k.public_key) for k in store.ledger_keys()]
-    except NoteError as exc:
-        return VerifyResult(origin=origin, problem=Problem("bad_key", f"ledger_keys: {exc}"))
-    internal = [CheckpointSource(c.note, f"database checkpoint {c.size}") for c in store.checkpoints()]
-    return verify_log(
-        store_entries(store), [*internal, *external], keys, origin=origin, pinned_keys=bool(trusted)
-    )
+    configured = settings(config, database)
+    store = _open_store(configured.database)
+    return LiveLedger(store, configured.ledger.origin if config else None), configured
 
 
 @app.command()
@@ -116,6 +91,7 @@ def verify(
     checkpoint: CheckpointFiles = None,
     key: KeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Recompute the tree, check every checkpoint signature and consistency with checkpoints kept elsewhere.
 
@@ -123,21 +99,20 @@ def verify(
     """
     from keyturn.ledger.bundle import BundleError, verify_bundle
 
-    if (database is None) == (bundle is None):
-        raise _die("give exactly one of --database URL or --bundle DIR")
+    if bundle is not None and database is not None:
+        raise failure("give one of --bundle DIR or --database URL, not both")
     trusted, external = _trusted(key), _external(checkpoint)
     if bundle is not None:
         try:
             result = verify_bundle(bundle, external, trusted)
         except BundleError as exc:
-            raise _die(str(exc)) from exc
+            raise failure(str(exc)) from exc
     else:
-        assert database is not None
-        store = _open_store(database)
+        ledger, _ = _open_ledger(config, database)
         try:
-            result = verify_store(store, external, trusted)
+            result = ledger.verify(external, trusted)
         finally:
-            store.close()
+            ledger.store.close()
     typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.summary())
     raise typer.Exit(0 if result.ok else 1)
 
@@ -157,7 +132,7 @@ def _when(value: str, option: str, end: bool = False) -> datetime:
             return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise _die(
+        raise failure(
             f"{option}: expected a seq number, a date (2030-01-31) or an ISO time, not {value!r}"
         ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -186,26 +161,20 @@ def export(
     database: UrlOption = None,
 ) -> None:
     """Write a self-contained bundle: events JSONL, signed checkpoints, public keys, a manifest."""
-    from keyturn.commands._common import settings
-    from keyturn.ledger.bundle import export_store
+    from keyturn.errors import ServiceError
 
-    configured = settings(config, database)
-    store = _open_store(configured.database)
+    ledger, configured = _open_ledger(config, database)
+    store = ledger.store
     try:
         start, end = _seq_or_time(from_, "--from"), _seq_or_time(to, "--to")
         from_seq = _seq_at(store, start, True) if isinstance(start, datetime) else (start or 0)
         to_seq = _seq_at(store, end, False) if isinstance(end, datetime) else end
         try:
-            manifest = export_store(
-                store,
-                out,
-                origin=_log_origin(store, configured.ledger.origin if config else None)
-                or configured.ledger.origin,
-                from_seq=from_seq,
-                to_seq=to_seq,
+            manifest = ledger.export(
+                out, fallback_origin=configured.ledger.origin, from_seq=from_seq, to_seq=to_seq
             )
-        except ValueError as exc:
-            raise _die(str(exc)) from exc
+        except ServiceError as exc:
+            raise failure(exc.message) from exc
     finally:
         store.close()
     events = manifest["events"]
@@ -213,27 +182,6 @@ def export(
         f"wrote {out}: {events['count']} events (seq {events['first_seq']}..{events['last_seq']}), "
         f"{len(manifest['checkpoints'])} checkpoints, {manifest['keys']['count']} keys"
     )
-
-
-def inclusion_from_store(store: Store, seq: int) -> dict[str, Any]:
-    from keyturn.ledger.merkle import MerkleTree
-    from keyturn.ledger.note import SignedCheckpoint
-    from keyturn.ledger.prove import inclusion_document
-
-    covering = [c for c in store.checkpoints() if c.size > seq]
-    if not covering:
-        raise _die(f"no signed checkpoint covers seq {seq} yet", 1)
-    newest = covering[-1]
-    events = store.events(after_seq=seq - 1, limit=1)
-    if not events or events[0].seq != seq:
-        raise _die(f"no event with seq {seq}", 1)
-    tree = MerkleTree()
-    while tree.size < newest.size:
-        tree.extend(store.leaf_hashes(after_seq=tree.size - 1, limit=min(100_000, newest.size - tree.size)))
-    signed = SignedCheckpoint.parse(newest.note)
-    names = {s.name for s in signed.note.signatures}
-    vkey = next((k.public_key for k in store.ledger_keys() if k.name in names), None)
-    return inclusion_document(events[0].leaf_bytes(), seq, tree, newest.note, vkey)
 
 
 def inclusion_from_bundle(path: Path, seq: int) -> dict[str, Any]:
@@ -245,15 +193,15 @@ def inclusion_from_bundle(path: Path, seq: int) -> dict[str, Any]:
     try:
         bundle = read_bundle(path)
     except BundleError as exc:
-        raise _die(str(exc)) from exc
+        raise failure(str(exc)) from exc
     if bundle.first_seq != 0:
-        raise _die("proofs need a bundle exported from seq 0")
+        raise failure("proofs need a bundle exported from seq 0")
     checkpoints = sorted(
         (SignedCheckpoint.parse(s.raw) for s in bundle.checkpoint_sources()), key=lambda c: c.size
     )
     covering = [c for c in checkpoints if c.size > seq]
     if not covering:
-        raise _die(f"no checkpoint in the bundle covers seq {seq}", 1)
+        raise failure(f"no checkpoint in the bundle covers seq {seq}", 1)
     newest = covering[-1]
     tree = MerkleTree()
     leaf = b""
@@ -274,19 +222,23 @@ def prove(
     database: UrlOption = None,
     bundle: BundleOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="write the proof here instead of stdout")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Print an inclusion proof of one event against the newest signed checkpoint covering it."""
-    if (database is None) == (bundle is None):
-        raise _die("give exactly one of --database URL or --bundle DIR")
+    from keyturn.errors import ServiceError
+
+    if bundle is not None and database is not None:
+        raise failure("give one of --bundle DIR or --database URL, not both")
     if bundle is not None:
         document = inclusion_from_bundle(bundle, seq)
     else:
-        assert database is not None
-        store = _open_store(database)
+        ledger, _ = _open_ledger(config, database)
         try:
-            document = inclusion_from_store(store, seq)
+            document = ledger.inclusion(seq)
+        except ServiceError as exc:
+            raise failure(exc.message, 1) from exc
         finally:
-            store.close()
+            ledger.store.close()
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if out is None:
         typer.echo(text, nl=False)
@@ -306,9 +258,9 @@ def check_proof(
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise _die(f"{file}: {exc}") from exc
+        raise failure(f"{file}: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise _die(f"{file}:{exc.lineno}:{exc.colno}: {exc.msg}") from exc
+        raise failure(f"{file}:{exc.lineno}:{exc.colno}: {exc.msg}") from exc
     try:
         typer.echo(check_inclusion_document(document, _trusted(key)))
     except InvalidProof as exc:
@@ -326,19 +278,17 @@ def report(
     database: UrlOption = None,
 ) -> None:
     """Audit evidence for a period: every executed action's approval chain, totals, anomalies, controls."""
-    from keyturn.commands._common import settings
+    from keyturn.ledger.live import store_entries
     from keyturn.ledger.report import build_report, render_html
 
     if format_ not in ("html", "json"):
-        raise _die("--format: html or json")
-    configured = settings(config, database)
+        raise failure("--format: html or json")
     start = _when(from_, "--from") if from_ else None
     end = _when(to, "--to", end=True) if to else None
-    store = _open_store(configured.database)
+    ledger, configured = _open_ledger(config, database)
+    store = ledger.store
     try:
-        verification = verify_store(
-            store, [], [], _log_origin(store, configured.ledger.origin if config else None)
-        )
+        verification = ledger.verify([], [])
         events = (json.loads(e.leaf) for e in store_entries(store))
         evidence = build_report(
             events,

@@ -12,19 +12,12 @@ from typing import Protocol
 
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.tokens import API_KEY_PREFIX, hash_token, new_token, parse_token, token_matches
-from keyturn.model import Frozen, Principal, PrincipalKind
+from keyturn.model import Principal, PrincipalKind
+from keyturn.store.records import ApiKeyRecord
+
+__all__ = ["ApiKeyRecord", "ApiKeyRepository", "authenticate_api_key", "generate_api_key"]
 
 INVALID_KEY = "invalid or revoked API key"
-
-
-class ApiKeyRecord(Frozen):
-    key_id: str  # "kt_<8 chars>", the start of the plaintext key
-    principal_id: str  # "agent:deploy-bot"
-    kind: PrincipalKind
-    groups: tuple[str, ...]
-    secret_hash: str  # "sha256:<hex>" of the whole plaintext key
-    created_at: datetime
-    revoked_at: datetime | None = None
 
 
 class ApiKeyRepository(Protocol):

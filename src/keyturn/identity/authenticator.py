@@ -27,7 +27,7 @@ from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.oidc import INVALID_TOKEN, IssuerVerifier, JwksCache
 from keyturn.identity.tokens import API_KEY_PREFIX, USER_TOKEN_PREFIX
 from keyturn.identity.users import UsersFile
-from keyturn.model import Principal
+from keyturn.model import Authentication, AuthMethod, Principal
 from keyturn.store import SqlApiKeyRepository, Store
 
 MISSING = "missing credentials: send `Authorization: Bearer <token>` or `X-API-Key: <key>`"
@@ -59,11 +59,11 @@ class Authenticator:
         if credential.startswith(f"{USER_TOKEN_PREFIX}_"):
             if self.users is None:
                 raise AuthenticationError("user tokens are not enabled on this server (no users file)")
-            return self.users.authenticate(credential)
+            return _by(self.users.authenticate(credential), AuthMethod.USER_TOKEN)
         if credential.startswith(f"{API_KEY_PREFIX}_"):
             if self.api_keys is None:
                 raise AuthenticationError("API keys are not enabled on this server")
-            return authenticate_api_key(self.api_keys, credential)
+            return _by(authenticate_api_key(self.api_keys, credential), AuthMethod.API_KEY)
         if credential.count(".") == 2:
             if bearer is None:
                 raise AuthenticationError("send a JWT as `Authorization: Bearer <token>`, not as X-API-Key")
@@ -89,6 +89,11 @@ class Authenticator:
                 failure = exc
         assert failure is not None
         raise failure
+
+
+def _by(principal: Principal, method: AuthMethod) -> Principal:
+    """Record how the caller authenticated: a long-lived token proves no recent presence (no `at`)."""
+    return principal.model_copy(update={"authn": Authentication(method=method)})
 
 
 def _bearer(authorization: str) -> str:

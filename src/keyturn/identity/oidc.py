@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ import jwt
 
 from keyturn.config import IssuerSettings
 from keyturn.identity.errors import AuthenticationError
-from keyturn.model import Principal, PrincipalKind
+from keyturn.model import Authentication, AuthMethod, Principal, PrincipalKind
 
 log = logging.getLogger("keyturn.identity")
 
@@ -203,7 +204,29 @@ class IssuerVerifier:
             groups=groups,
             roles=roles,
             display_name=name if isinstance(name, str) else None,
+            authn=_authentication(claims, self.kind),
         )
+
+
+def _authentication(claims: dict[str, Any], kind: PrincipalKind) -> Authentication:
+    """How the token's subject authenticated. `auth_time` is when the human last logged in at the identity
+    provider (OIDC Core §2): what a step-up route's max age is checked against, by keyturn itself."""
+    if kind is PrincipalKind.AGENT:
+        return Authentication(method=AuthMethod.WORKLOAD_JWT)
+    auth_time = claims.get("auth_time")
+    at = (
+        datetime.fromtimestamp(auth_time, UTC)
+        if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
+        else None
+    )
+    amr = claims.get("amr")
+    acr = claims.get("acr")
+    return Authentication(
+        method=AuthMethod.OIDC,
+        at=at,
+        amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
+        acr=acr if isinstance(acr, str) else None,
+    )
 
 
 def _claim(claims: dict[str, Any], name: str) -> Any:

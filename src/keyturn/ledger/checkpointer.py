@@ -20,11 +20,9 @@ it never delays a request.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,12 +33,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keyturn.ledger.merkle import MerkleTree
+from keyturn.ledger.live import LiveTree
 from keyturn.ledger.note import Checkpoint, NoteSigner, VerifierKey, sign_checkpoint
 
 if TYPE_CHECKING:
     from keyturn.config import Settings
-    from keyturn.store import Store, StoredCheckpoint
+    from keyturn.store import Store
 
 log = logging.getLogger("keyturn.ledger")
 
@@ -87,32 +85,6 @@ def register_keys(
                 store.add_ledger_key(verifier.name, str(verifier), now)
         if kid != current.kid:
             store.retire_ledger_key(verifier.name, now)
-
-
-def covering_checkpoint(checkpoints: Sequence[StoredCheckpoint], seq: int) -> StoredCheckpoint | None:
-    """The first checkpoint that covers event `seq` (checkpoints sorted by size), or None yet."""
-    at = bisect.bisect_right([c.size for c in checkpoints], seq)
-    return checkpoints[at] if at < len(checkpoints) else None
-
-
-class LiveTree:
-    """The Merkle tree of a store's ledger, kept up to date incrementally. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._tree = MerkleTree()
-        self._lock = threading.Lock()
-
-    def sync(self, store: Store, page: int = 50_000) -> MerkleTree:
-        with self._lock:
-            while True:
-                hashes = store.leaf_hashes(after_seq=self._tree.size - 1, limit=page)
-                self._tree.extend(hashes)
-                if len(hashes) < page:
-                    return self._tree
-
-    @property
-    def lock(self) -> threading.Lock:
-        return self._lock
 
 
 @dataclass
@@ -259,11 +231,11 @@ class Checkpointer:
 
 @contextlib.asynccontextmanager
 async def running_checkpointer(
-    state: Any, settings: Settings, store: Store, keyring: Any
+    settings: Settings, store: Store, keyring: Any, tree: LiveTree
 ) -> AsyncIterator[Checkpointer]:
     """For the server's lifespan: register the keys, follow the log, sign; a final checkpoint at shutdown.
 
-    `state` is the app's state: it gets `ledger_tree` (shared with the API's proofs) and `checkpointer`.
+    `tree` is the service's live tree, shared with the auditor API's proofs.
     """
     from anyio import to_thread
 
@@ -280,9 +252,8 @@ async def running_checkpointer(
         every=ledger.checkpoint_every,
         interval=ledger.checkpoint_interval.total_seconds(),
         witness=WitnessPublisher(ledger.witness_dir, ledger.witness_urls),
+        tree=tree,
     )
-    state.ledger_tree = checkpointer.tree
-    state.checkpointer = checkpointer
     task = asyncio.create_task(checkpointer.run())
     try:
         yield checkpointer

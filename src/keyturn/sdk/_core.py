@@ -11,12 +11,12 @@ import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 import rfc8785
 
+from keyturn.humanize import span
 from keyturn.sdk.errors import (
     ConfigurationError,
     Denied,
@@ -261,7 +261,7 @@ def denial(view: dict[str, Any]) -> Denied:
         reason = reason or (f"rule {', '.join(rules)}" if rules else "no rule allows it")
         return Denied(request_id, status, reason, view=view, text=f"denied by policy ({reason})")
     if status == "expired":
-        window = _duration(view.get("created_at"), view.get("expires_at"))
+        window = span(view.get("created_at"), view.get("expires_at"))
         reason = f"nobody approved within {window}" if window else "nobody approved in time"
         needed = ", ".join(view.get("still_needed") or _expired_still_needed(view))
         text = f"expired: {reason}" + (f" (still needed: {needed})" if needed else "")
@@ -286,25 +286,6 @@ def _expired_still_needed(view: dict[str, Any]) -> list[str]:
         if event.get("type") == "request.expired":
             return [str(n) for n in (event.get("payload") or {}).get("still_needed") or []]
     return []
-
-
-def _duration(start: Any, end: Any) -> str:
-    try:
-        seconds = int((datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds())
-    except (TypeError, ValueError):
-        return ""
-    return human_duration(seconds)
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    return f"{secs}s"
 
 
 def decided(view: dict[str, Any]) -> bool:

@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
             async with (
-                running_checkpointer(app.state, settings, store, keyring),
+                running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
                 running_channels(settings, store),
             ):
                 yield

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn import metrics
+from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.identity import AuthenticationError, AuthorizationError
-from keyturn.service import ServiceError
 from keyturn.store import StoreUnavailable
 
 log = logging.getLogger("keyturn.server")
@@ -22,6 +22,21 @@ def error_response(status: int, code: str, message: str, detail: Any = None, **h
     metrics.HTTP_ERRORS.labels(code=code).inc()
     body = {"error": {"code": code, "message": message, "detail": detail or {}}}
     return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+# The HTTP status of each kind of refusal the core makes (keyturn.errors); most specific class first.
+_STATUS: tuple[tuple[type[ServiceError], int], ...] = (
+    (NotFound, 404),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (Unprocessable, 422),
+    (Unavailable, 503),
+    (ServiceError, 400),
+)
+
+
+def status_of(exc: ServiceError) -> int:
+    return next(status for kind, status in _STATUS if isinstance(exc, kind))
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -51,7 +66,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.detail.get("code", exc.code), exc.message, exc.detail)
+        return error_response(status_of(exc), exc.detail.get("code", exc.code), exc.message, exc.detail)
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -1,9 +1,8 @@
 """`SqlApiKeyRepository`: agent API keys in the `api_keys` table (only the secret's hash is stored).
 
-Implements the `ApiKeyRepository` protocol of `keyturn.identity.api_keys`. The record type is imported
-lazily: `keyturn.identity` builds authenticators on top of the store, so a module-level import would be
-circular. Transactions go through the store's own helpers (SQLite `BEGIN IMMEDIATE` for writes, typed
-errors when the database is unavailable).
+Implements the `ApiKeyRepository` protocol of `keyturn.identity.api_keys` (identity depends on the
+store, never the reverse). Transactions go through the store's own helpers (SQLite `BEGIN IMMEDIATE` for
+writes, typed errors when the database is unavailable).
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyturn.store.errors import StoreError
+from keyturn.store.records import ApiKeyRecord
 from keyturn.store.schema import api_keys
 
 if TYPE_CHECKING:
-    from keyturn.identity.api_keys import ApiKeyRecord
     from keyturn.store.store import Store
 
 
@@ -71,8 +70,6 @@ class SqlApiKeyRepository:
 
 
 def _record(row: Row[Any]) -> ApiKeyRecord:
-    from keyturn.identity.api_keys import ApiKeyRecord
-
     return ApiKeyRecord(
         key_id=row.key_id,
         principal_id=row.principal_id,

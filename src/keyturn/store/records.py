@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from keyturn.model import canonical_json
+from keyturn.model import Frozen, PrincipalKind, canonical_json
 
 
 def new_decision_id() -> str:
@@ -210,3 +210,15 @@ class StoredLedgerKey:
     public_key: str
     created_at: datetime
     retired_at: datetime | None
+
+
+class ApiKeyRecord(Frozen):
+    """An agent API key as stored: only the secret's hash (keyturn.identity.api_keys makes them)."""
+
+    key_id: str  # "kt_<8 chars>", the start of the plaintext key
+    principal_id: str  # "agent:deploy-bot"
+    kind: PrincipalKind
+    groups: tuple[str, ...]
+    secret_hash: str  # "sha256:<hex>" of the whole plaintext key
+    created_at: datetime
+    revoked_at: datetime | None = None

@@ -86,7 +86,7 @@ async def wait(
     """Returns as soon as the request leaves `pending` (approved, allowed, denied, expired, cancelled…)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with svc.store.feed.subscribe(request_id) as changes:
+    async with svc.changes(request_id) as changes:
         while True:
             record = await to_thread.run_sync(svc.get, who, request_id)
             remaining = deadline - loop.time()
@@ -103,7 +103,7 @@ async def events(request_id: str, request: Request, who: Caller, svc: Service) -
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last_version = -1
-        async with svc.store.feed.subscribe(request_id) as changes:
+        async with svc.changes(request_id) as changes:
             while not await request.is_disconnected():
                 record = await to_thread.run_sync(svc.get, who, request_id)
                 if record.version != last_version:

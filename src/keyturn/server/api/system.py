@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from keyturn.errors import ServiceError
 from keyturn.model import ActionRequest, Principal, PrincipalKind
 from keyturn.server.api.schemas import EvaluateBody
 from keyturn.server.deps import Caller, Service
-from keyturn.service import ServiceError
 
 router = APIRouter(tags=["system"])
 
@@ -42,7 +43,7 @@ def evaluate(body: EvaluateBody, who: Caller, svc: Service) -> dict[str, Any]:
             raise ServiceError("now: expected an ISO 8601 time", {"field": "body.now"}) from None
         if now.tzinfo is None:
             raise ServiceError("now: the time needs a timezone offset", {"field": "body.now"})
-    verdict = svc.policy.current.evaluate(request, now)
+    verdict = svc.dry_run(request, now)
     route = verdict.route
     return {
         "decision": verdict.decision.value,
@@ -56,8 +57,7 @@ def evaluate(body: EvaluateBody, who: Caller, svc: Service) -> dict[str, Any]:
 
 @router.get("/v1/keys", summary="Public keys (JWK set) for grants and ledger checkpoints")
 def keys(svc: Service) -> dict[str, Any]:
-    jwks: dict[str, Any] = svc.keyring.jwks()
-    return jwks
+    return svc.public_keys()
 
 
 @router.get("/healthz", summary="Liveness")
@@ -67,18 +67,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: the database answers and a policy is loaded")
 def readyz(request: Request, svc: Service) -> Response:
-    problems = []
-    try:
-        svc.store.ping()
-    except Exception as exc:  # readiness must answer, whatever the database does
-        problems.append(f"database: {exc.__class__.__name__}")
-    import json
+    problems = svc.readiness()
 
     status = 200 if not problems else 503
     body = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
-        "policy_revision": svc.policy.current.revision,
+        "policy_revision": svc.loaded_policy_revision,
     }
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 

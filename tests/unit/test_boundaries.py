@@ -1,0 +1,94 @@
+"""Dependencies point inward (DESIGN §4, issue #9): the lifecycle, the model and the policy engine know no
+transport and no storage; routers reach only the service; importing keyturn does not load the SDK."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "keyturn"
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def _top(modules: set[str], *prefixes: str) -> set[str]:
+    return {m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes)}
+
+
+def test_the_core_loads_no_transport_storage_or_sdk() -> None:
+    loaded = _loaded_after("import keyturn.workflow, keyturn.model, keyturn.policy, keyturn.views")
+    forbidden = _top(
+        loaded,
+        "keyturn.server",
+        "keyturn.store",
+        "keyturn.sdk",
+        "fastapi",
+        "sqlalchemy",
+        "httpx",
+        "starlette",
+    )
+    assert forbidden == set(), forbidden
+
+
+def test_import_keyturn_loads_the_sdk_only_on_use() -> None:
+    assert _top(_loaded_after("import keyturn"), "keyturn.sdk", "httpx") == set()
+    assert "keyturn.sdk" in _loaded_after("from keyturn import Gate")
+
+
+def _python_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def test_no_router_imports_the_store_or_reaches_past_the_service() -> None:
+    # Routers only: `server/app.py` is the composition root that opens the store and hands it to the
+    # service, and `server/errors.py` maps storage failures to HTTP statuses.
+    routers = [p for p in _python_files(SRC / "server") if p.parent.name != "server"]
+    assert routers, "no router found"
+    problems = []
+    for path in routers:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keyturn.store"):
+                problems.append(f"{path.name}:{node.lineno} imports {node.module}")
+            if isinstance(node, ast.Import):
+                problems += [
+                    f"{path.name}:{node.lineno} imports {a.name}"
+                    for a in node.names
+                    if a.name.startswith("keyturn.store")
+                ]
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "svc"
+                and node.attr in ("store", "policy", "keyring")
+            ):
+                problems.append(f"{path.name}:{node.lineno} reaches svc.{node.attr}")
+    assert problems == [], problems
+
+
+def test_the_pure_modules_import_no_io_layer() -> None:
+    pure = [SRC / "workflow.py", SRC / "model.py", SRC / "views.py", *_python_files(SRC / "policy")]
+    problems = []
+    for path in pure:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name.split(".")[:2] in (
+                    ["keyturn", "server"],
+                    ["keyturn", "store"],
+                    ["keyturn", "service"],
+                ):
+                    problems.append(f"{path.relative_to(SRC)}:{node.lineno} imports {name}")
+    assert problems == [], problems
