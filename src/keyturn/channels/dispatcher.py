@@ -35,7 +35,7 @@ from keyturn.channels.base import Channel, Delivery, DeliveryFailed, DeliveryKin
 from keyturn.channels.plan import target_kind
 from keyturn.config import DeliverySettings
 from keyturn.model import Status
-from keyturn.store import Store, StoreError
+from keyturn.store import Store, StoreError, Subscription
 from keyturn.store.outbox import CANCELLED, DEAD, DONE, PENDING, Claimed, Outbox, Outcome, StoredRef
 from keyturn.views import request_view
 
@@ -97,14 +97,13 @@ class Dispatcher:
                         await asyncio.sleep(1.0)
             finally:
                 listener.cancel()
-                await self._stop_deliveries()
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
-                await self._flush()
+                    await flusher  # a batch being written completes first (threads are not interrupted)
+                await self._stop_deliveries()
 
-    async def _forward(self, changes: object) -> None:
-        async for _ in changes:  # type: ignore[attr-defined]
+    async def _forward(self, changes: Subscription) -> None:
+        async for _ in changes:
             self._wakeup.set()
 
     async def _step(self) -> None:
@@ -282,14 +281,20 @@ class Dispatcher:
         self._wakeup.set()  # the next row of each (request, target) may now go
 
     async def _stop_deliveries(self) -> None:
-        """On shutdown: let deliveries under way finish briefly; the rest keep their lease and are retried
-        by whoever claims them after it ends (the same ids: a receiver can tell a repeat)."""
+        """On shutdown: let deliveries under way finish briefly, record them, and give the rest back so that
+        another replica (or this one, restarted) takes them at once. Any of those may have reached the
+        receiver already: it is sent again with the same id, which the receiver can tell."""
         tasks = [t for t in self._in_flight.values() if not t.done()]
         if tasks:
             _, still = await asyncio.wait(tasks, timeout=2.0)
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush()
+        unfinished = [seq for seq in self._in_flight if seq not in {o.seq for o in self._results}]
+        with contextlib.suppress(Exception):
+            await to_thread.run_sync(self.outbox.release, unfinished, self.owner, self.clock())
 
 
 def _message_ref(ref: StoredRef | None) -> MessageRef | None:

@@ -237,6 +237,17 @@ class Outbox:
                     self._save_ref(tx.conn, outcome.request_id, outcome.ref, now)
         return recorded
 
+    def release(self, seqs: Sequence[int], owner: str, now: datetime) -> None:
+        """Give back leased rows this owner will not finish (a clean shutdown): due again at once."""
+        if not seqs:
+            return
+        with self._store._write() as tx:
+            tx.conn.execute(
+                update(outbox)
+                .where(outbox.c.seq.in_(list(seqs)), outbox.c.status == PENDING, outbox.c.leased_by == owner)
+                .values(leased_by=None, leased_until=None, updated_at=now)
+            )
+
     def _save_ref(self, conn: Connection, request_id: str, ref: StoredRef, now: datetime) -> None:
         conn.execute(
             delete(message_refs).where(
