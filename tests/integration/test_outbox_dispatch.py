@@ -17,6 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from conftest import RequestFactory
 from keyturn import workflow
+from keyturn.channels.base import Delivery, MessageRef
 from keyturn.channels.dispatcher import Dispatcher
 from keyturn.channels.plan import PlanConfig, planner
 from keyturn.channels.webhook import Endpoint, WebhookChannel
@@ -254,3 +255,64 @@ def test_an_escalation_is_delivered_at_its_time_and_never_after_the_request_reso
     assert escalation.at >= (waits.created_at + step.after).timestamp()
     rows = {r.request_id: r.status for r in Outbox(planned).list_rows() if r.kind == "escalate"}
     assert rows == {waits.id: "done", resolved.id: "cancelled"}
+
+
+# --- message references: interactive channels -----------------------------------------------------------
+
+
+class CardChannel:
+    """An interactive channel's contract as the dispatcher sees it (Slack and Teams implement it for real
+    against their APIs): `post` returns where the card is, `update` is given that reference back."""
+
+    kind = "slack"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str | None]] = []  # (call, target, status, ref message id)
+        self.posted = 0
+
+    async def post(self, delivery: Delivery) -> MessageRef | None:
+        self.posted += 1
+        self.calls.append(("post", delivery.target, delivery.view["status"], None))
+        return MessageRef(delivery.target, "C123", f"ts-{self.posted}", {"team": "T1"})
+
+    async def update(self, ref: MessageRef, delivery: Delivery) -> None:
+        self.calls.append(("update", delivery.target, delivery.view["status"], ref.message_id))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_any_replica_updates_the_card_another_one_posted(planned: Store, now_factory: RequestFactory) -> None:
+    step = Escalation(after=timedelta(hours=1), notify=("slack:#oncall",))
+    first, second = CardChannel(), CardChannel()
+
+    async def run_one(channel: CardChannel, until: Any) -> None:
+        dispatcher = Dispatcher(planned, {"slack": channel}, FAST, "http://keyturn.test")  # type: ignore[dict-item]
+        await planned.feed.start()
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            for _ in range(400):
+                if until():
+                    break
+                await asyncio.sleep(0.025)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await planned.feed.stop()
+
+    record = routed(now_factory, planned, "slack:#ops", escalate=(step,))
+    asyncio.run(run_one(first, lambda: first.calls))
+    approve(now_factory, planned, record)  # decided elsewhere; another replica picks up the update
+    outbox = Outbox(planned)
+    asyncio.run(run_one(second, lambda: outbox.count_by_status().get("pending", 0) == 0))
+    assert first.calls == [("post", "slack:#ops", "pending", None)]
+    # the card posted by the first replica is updated through its stored reference; the escalation
+    # target, whose step never came, has no card and gets none
+    assert second.calls == [("update", "slack:#ops", "approved", "ts-1")]
+    ref = outbox.ref(record.id, "slack:#ops")
+    assert ref is not None and (ref.conversation, ref.message_id, ref.extra) == (
+        "C123",
+        "ts-1",
+        {"team": "T1"},
+    )
+    assert outbox.count_by_status() == {"done": 3, "cancelled": 1}

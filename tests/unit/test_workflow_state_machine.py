@@ -88,9 +88,12 @@ def _fresh(authn: tuple[AuthMethod, int] | None) -> bool:
     if authn is None:
         return False
     method, minutes_ago = authn
-    return method in (AuthMethod.PASSKEY, AuthMethod.OIDC, AuthMethod.CONSOLE) and timedelta(
-        minutes=minutes_ago
-    ) <= STEP_UP_MAX_AGE
+    return (
+        method in (AuthMethod.PASSKEY, AuthMethod.OIDC, AuthMethod.CONSOLE)
+        and timedelta(minutes=minutes_ago) <= STEP_UP_MAX_AGE
+    )
+
+
 # 200 keeps CI fast; KEYTURN_HYPOTHESIS_EXAMPLES=2000 explores deeper locally.
 EXAMPLES = int(os.environ.get("KEYTURN_HYPOTHESIS_EXAMPLES", "200"))
 
