@@ -61,6 +61,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_everything(
                 {"siem": receiver, "oncall": receiver},
                 delivery={"lease": 2, "timeout": 10},
             ),
+            timeout=120,
         )
         agent = server.client("agent:deploy-bot")
         stall.set()
@@ -71,7 +72,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_everything(
         assert receiver.received, "no delivery started before the kill"
         server.kill()  # deliveries in flight: their answers never reach the dead server
         stall.clear()
-        server.start()
+        server.start(timeout=120)
         # the receiver keeps answering until the restarted server has recorded every delivery
         assert wait_all_done(database_url, 20, timeout=60) == {"done": 20}
         got = receiver.accepted()
@@ -95,8 +96,9 @@ def test_two_replicas_on_postgresql_deliver_each_row_exactly_once(
             database_url=postgres_url,
             policy=policy(),
             settings=webhook_settings(tmp_path / "cfg", {"siem": receiver, "oncall": receiver}),
+            timeout=120,
         )
-        replica = server.start_replica()
+        replica = server.start_replica(timeout=120)  # a loaded CI machine starts slowly
         agents = [server.client("agent:deploy-bot"), replica.client("agent:deploy-bot")]
         reviewers = [server.client("user:alice@example.com"), replica.client("user:bob@example.com")]
 
