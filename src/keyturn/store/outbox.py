@@ -166,6 +166,12 @@ class Outbox:
         )
         if self._store.backend == "postgresql":
             query = query.with_for_update(of=outbox, skip_locked=True)
+        else:
+            # SQLite has one write lock for the whole database: look before taking it, so that a wake-up
+            # with nothing due (most of them) never makes a submit wait.
+            with self._store._read() as conn:
+                if conn.execute(query.with_only_columns(outbox.c.seq).limit(1)).first() is None:
+                    return []
         with self._store._write() as tx:
             rows = [_row(r) for r in tx.conn.execute(query).all()]
             if not rows:
