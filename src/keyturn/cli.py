@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from keyturn import __version__
-from keyturn.commands import channels, db, exec_, keys, outbox, policy, requests, users
+from keyturn.commands import channels, chat, db, exec_, keys, outbox, policy, requests, users
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
@@ -34,6 +34,7 @@ app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, 
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
 app.add_typer(outbox.app, name="outbox", help="Channel deliveries: list, retry dead ones.")
 app.add_typer(channels.app, name="channels", help="Notification channels: test a target, enable one.")
+app.add_typer(chat.app, name="chat", help="Link your Slack account to your keyturn identity.")
 app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
 app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
     mcp_commands.mcp_proxy
@@ -95,11 +96,12 @@ def serve(
             data_dir=data_dir,
             users_file=users_file,
         )
+        application = create_app(settings)  # checks channel credentials: a missing one is a ConfigError
     except ConfigError as exc:
         errors.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -111,3 +111,12 @@ class Client:
 
     def evaluate(self, body: dict[str, Any]) -> Any:
         return self._call("POST", "/v1/evaluate", json=body)
+
+    def chat_link(self, code: str) -> Any:
+        return self._call("POST", "/v1/chat/links", json={"code": code})
+
+    def chat_links(self) -> Any:
+        return self._call("GET", "/v1/chat/links")
+
+    def chat_unlink(self, provider: str, team_id: str, user_id: str) -> Any:
+        return self._call("DELETE", f"/v1/chat/links/{provider}/{team_id}/{user_id}")

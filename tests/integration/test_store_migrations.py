@@ -31,6 +31,9 @@ TABLES = {
     "outbox",
     "message_refs",
     "channel_targets",
+    "chat_links",
+    "chat_link_codes",
+    "chat_seen_signatures",
     "alembic_version",
 }
 

@@ -1,47 +1,62 @@
 """From the `channels:` settings to `Channel` objects, and the target names a policy may use.
 
-Each channel kind lives in its own module that exposes `channel_kind() -> ChannelKind`; adding one is one
-line in `_MODULES`. Target names come from the settings alone (`target_names`), so `keyturn policy check
---config` and the server validate a policy's `notify` targets the same way, without building a channel.
+Each channel kind lives in its own module; adding one is one line in `channel_kinds()`: its target prefix
+and a function `(settings, store) -> Channel | None` (None: not configured). Target names come from the
+settings alone (`target_names`), so `keyturn policy check --config` and the server validate a policy's
+`notify` targets the same way, without building a channel.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keyturn.channels.base import Channel
 from keyturn.config import SecretSettings, Settings
 
-# One line per channel kind: a module with `channel_kind()`.
-_MODULES = ("keyturn.channels.webhook",)
+if TYPE_CHECKING:
+    from keyturn.store import Store
 
 
 class ChannelConfigError(Exception):
     """A channel cannot start from its settings; the message names the setting."""
 
 
+Builder = Callable[[Settings, "Store | None"], Channel | None]
+
+
 @dataclass(frozen=True)
 class ChannelKind:
     name: str  # the target prefix: "webhook" in "webhook:siem"
-    build: Callable[[Settings], Channel | None]  # None: not configured
+    build: Builder  # None when the kind is not configured; the store for what a channel keeps (chat links)
 
 
 def channel_kinds() -> list[ChannelKind]:
-    kinds = []
-    for module_name in _MODULES:
-        module = importlib.import_module(module_name)
-        kinds.append(module.channel_kind())
-    return kinds
+    # Imported here: a channel's module (and its SDK) loads only in a process that builds channels.
+    from keyturn.channels import webhook
+
+    return [
+        ChannelKind("webhook", webhook.from_settings),
+        ChannelKind("slack", _slack),
+    ]
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
-    """Every configured channel, by kind. Raises `ChannelConfigError` naming the setting that is wrong."""
+def _slack(settings: Settings, store: Store | None) -> Channel | None:
+    if settings.channels.slack is None:
+        return None
+    from keyturn.channels.slack import SlackChannel
+
+    return SlackChannel.from_settings(settings, store)
+
+
+def build_channels(settings: Settings, store: Store | None = None) -> dict[str, Channel]:
+    """Every configured channel, by kind. Raises `ChannelConfigError` (or the channel's own configuration
+    error) naming the setting that is wrong."""
     channels: dict[str, Channel] = {}
     for kind in channel_kinds():
-        channel = kind.build(settings)
+        channel = kind.build(settings, store)
         if channel is not None:
             channels[kind.name] = channel
     return channels

@@ -28,7 +28,7 @@ async def running_channels(settings: Settings, store: Store) -> AsyncIterator[Di
 
     Raises `ChannelConfigError` (a one-line start-up error) when a channel cannot start from its settings.
     """
-    channels = build_channels(settings)
+    channels = build_channels(settings, store)
     install_planner(settings, store)
     dispatcher = Dispatcher(store, channels, settings.channels.delivery, settings.base_url)
     task = asyncio.create_task(dispatcher.run(), name="keyturn-outbox")

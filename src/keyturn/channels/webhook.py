@@ -28,7 +28,7 @@ from standardwebhooks.webhooks import Webhook
 
 from keyturn import __version__
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind, MessageRef
-from keyturn.channels.registry import ChannelConfigError, ChannelKind, read_secret
+from keyturn.channels.registry import ChannelConfigError, read_secret
 from keyturn.config import Settings
 
 KIND = "webhook"
@@ -173,11 +173,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def channel_kind() -> ChannelKind:
-    return ChannelKind(KIND, from_settings)
-
-
-def from_settings(settings: Settings) -> WebhookChannel | None:
+def from_settings(settings: Settings, store: object = None) -> WebhookChannel | None:
     """The configured endpoints; None when there are none. Each needs a `secret` (v1), a `signing_key`
     (v1a) or both: an unsigned event would be worthless to a receiver that must trust it."""
     configured = settings.channels.webhooks

@@ -65,6 +65,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(grants.router)
     app.include_router(system.router)
     app.include_router(ledger.router)
+    if settings.channels.slack is not None:  # Slack interactivity and chat account links
+        from keyturn.channels import slack_http
+
+        app.include_router(slack_http.build_router(settings))
     return app
 
 

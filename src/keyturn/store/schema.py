@@ -223,3 +223,35 @@ channel_targets = Table(
     Column("disabled_at", UtcDateTime, nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+# --- chat (Slack): linked accounts, one-time link codes, seen request signatures ----------------------
+
+chat_links = Table(
+    "chat_links",
+    metadata,
+    Column("provider", String(20), primary_key=True),  # "slack"
+    Column("team_id", String(100), primary_key=True),
+    Column("user_id", String(100), primary_key=True),
+    Column("principal_id", Text, nullable=False, index=True),  # the principal id only: groups never stored
+    Column("method", String(20), nullable=False),  # "code" (the person linked it) | "email" (admin opt-in)
+    Column("linked_at", UtcDateTime, nullable=False),
+)
+
+chat_link_codes = Table(
+    "chat_link_codes",
+    metadata,
+    Column("code_hash", DIGEST, primary_key=True),  # sha256 of the one-time code; the code is never stored
+    Column("provider", String(20), nullable=False),
+    Column("team_id", String(100), nullable=False),
+    Column("user_id", String(100), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),
+    Column("used_at", UtcDateTime, nullable=True),
+)
+
+chat_seen_signatures = Table(
+    "chat_seen_signatures",
+    metadata,
+    Column("digest", DIGEST, primary_key=True),  # sha256 of "v0:timestamp:signature"
+    Column("seen_at", UtcDateTime, nullable=False, index=True),
+)

@@ -1,7 +1,7 @@
 """The outbox of channel deliveries, the references of posted messages, and targets disabled by a 410.
 
 Revision ID: 0003_outbox
-Revises: 0001_initial
+Revises: 0004_chat
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_outbox"
-down_revision = "0001_initial"
+down_revision = "0004_chat"
 branch_labels = None
 depends_on = None
 
