@@ -46,6 +46,7 @@ bench: install-test
 	$(BIN)/python benchmarks/mcp_bench.py
 	$(BIN)/python benchmarks/identity_bench.py
 	$(BIN)/python benchmarks/redact_bench.py
+	$(BIN)/python benchmarks/channels_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info

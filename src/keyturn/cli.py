@@ -17,7 +17,19 @@ from typing import Annotated, NoReturn
 import typer
 
 from keyturn import __version__
-from keyturn.commands import admin, api_keys, chat, db, exec_, policy, requests, signing_keys, users
+from keyturn.commands import (
+    admin,
+    api_keys,
+    channels,
+    chat,
+    db,
+    exec_,
+    outbox,
+    policy,
+    requests,
+    signing_keys,
+    users,
+)
 from keyturn.commands import hook as hook_commands
 from keyturn.commands import ledger as ledger_commands
 from keyturn.commands import mcp as mcp_commands
@@ -42,6 +54,8 @@ app.add_typer(
 app.add_typer(admin.app, name="admin", help="Administration through a running server (admin role).")
 app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
 app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
+app.add_typer(outbox.app, name="outbox", help="Channel deliveries: list, retry dead ones.")
+app.add_typer(channels.app, name="channels", help="Notification channels: test a target, enable one.")
 app.add_typer(chat.app, name="chat", help="Link your Slack account to your keyturn identity.")
 app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
 app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(

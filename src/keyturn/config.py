@@ -123,8 +123,33 @@ class WebhookSettings(BaseModel):
     )
 
 
+def _default_retry_schedule() -> list[timedelta]:
+    # The Standard Webhooks schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h), shortened: a reviewer waits on it.
+    return [timedelta(seconds=s) for s in (5, 30, 120, 600, 1800, 3600, 7200)]
+
+
+class DeliverySettings(BaseModel):
+    """How the dispatcher delivers outbox rows (docs/channels.md "Delivery and retries")."""
+
+    model_config = ConfigDict(extra="forbid")
+    retry_schedule: list[timedelta] = Field(
+        default_factory=_default_retry_schedule,
+        description="waits between attempts; a row is dead after the last (default 5s 30s 2m 10m 30m 1h 2h)",
+    )
+    jitter: float = Field(default=0.2, ge=0, le=1, description="each wait varies by up to ± this fraction")
+    max_retry_after: timedelta = Field(
+        default=timedelta(hours=1), description="cap on a channel's own Retry-After"
+    )
+    timeout: timedelta = Field(default=timedelta(seconds=10), description="one delivery attempt at most")
+    lease: timedelta = Field(
+        default=timedelta(seconds=60), description="a replica dying mid-delivery lets its rows go after this"
+    )
+    max_in_flight: int = Field(default=32, ge=1, description="deliveries under way at once per replica")
+
+
 class ChannelsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="retries, timeouts")
     slack: SlackSettings | None = Field(default=None, description="the Slack app")
     teams: TeamsSettings | None = Field(default=None, description="the Teams bot")
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict, description="name -> endpoint")

@@ -44,3 +44,15 @@ def set_pending(by_tier: dict[str, int], oldest_age_seconds: float) -> None:
         for tier, count in by_tier.items():
             PENDING.labels(tier).set(count)
         OLDEST_PENDING.set(oldest_age_seconds)
+
+
+DELIVERIES = Counter(
+    "keyturn_channel_deliveries_total",
+    "Outbox delivery attempts, by channel (slack, teams, webhook) and outcome"
+    " (delivered, retry, dead, cancelled)",
+    ["channel", "outcome"],
+)
+OUTBOX_DUE = Gauge("keyturn_outbox_due_rows", "Outbox rows due for delivery now (not yet delivered)")
+OUTBOX_OLDEST_DUE_AGE = Gauge(
+    "keyturn_outbox_oldest_due_age_seconds", "How long the oldest undelivered due outbox row has been due"
+)

@@ -33,6 +33,9 @@ TABLES = {
     "console_logins",
     "passkeys",
     "server_keys",
+    "outbox",
+    "message_refs",
+    "channel_targets",
     "chat_links",
     "chat_link_codes",
     "chat_seen_signatures",
@@ -45,7 +48,7 @@ def test_upgrade_creates_the_schema_on_an_empty_database(database_url: str) -> N
         assert current_revision(store.engine) is None
         assert set(inspect(store.engine).get_table_names()) == set()
         store.upgrade()
-        assert current_revision(store.engine) == head_revision() == "0007_keys"
+        assert current_revision(store.engine) == head_revision() == "0008_outbox"
         assert set(inspect(store.engine).get_table_names()) == TABLES
         with store.engine.connect() as conn:
             assert conn.execute(select(ledger_head)).all() == [(1, 0)]

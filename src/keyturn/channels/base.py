@@ -44,12 +44,22 @@ class Delivery:
 
 class DeliveryFailed(Exception):
     """A delivery did not go through. `retry_after` (seconds) honours the service's own back-off
-    (HTTP Retry-After, Slack's 429); `permanent` stops retrying (bad token, 410 Gone, unknown channel)."""
+    (HTTP Retry-After, Slack's 429); `permanent` stops retrying (bad token, 410 Gone, unknown channel);
+    `disable` also switches the target off until an admin turns it on again (`keyturn channels enable`):
+    a webhook endpoint answering 410 Gone."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        disable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.permanent = permanent
+        self.permanent = permanent or disable
+        self.disable = disable
 
 
 class Channel(Protocol):

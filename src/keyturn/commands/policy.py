@@ -26,9 +26,15 @@ errors = Console(stderr=True, highlight=False)
 Files = Annotated[list[Path], typer.Argument(help="policy files, loaded together as one policy")]
 
 
-def _load(files: list[Path]) -> CompiledPolicy:
+def _load(files: list[Path], config: Path | None = None) -> CompiledPolicy:
+    targets = None
+    if config is not None:
+        from keyturn.channels.registry import target_names
+        from keyturn.commands._common import settings
+
+        targets = target_names(settings(config, None))
     try:
-        return load_policy(files)
+        return load_policy(files, targets=targets)
     except PolicyError as exc:
         _print_problems(exc)
         raise typer.Exit(1) from None
@@ -42,9 +48,22 @@ def _print_problems(exc: PolicyError) -> None:
 
 
 @app.command()
-def check(files: Files) -> None:
-    """Validate policy files: print `OK: N rules, revision …` or every problem as file:line:column."""
-    policy = _load(files)
+def check(
+    files: Files,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="KEYTURN_CONFIG",
+            help="keyturn.yaml: also check that every notify target is one its `channels:` defines",
+        ),
+    ] = None,
+) -> None:
+    """Validate policy files: print `OK: N rules, revision …` or every problem as file:line:column.
+
+    Without --config the policy is checked on its own: notify targets are not checked against a server
+    configuration (the server does that when it loads the policy)."""
+    policy = _load(files, config)
     console.print(f"OK: {len(policy.rules)} rules, revision {policy.revision}", soft_wrap=True)
 
 

@@ -32,11 +32,12 @@ __all__ = [
 class PolicyHolder:
     """The current policy of a process. Loads at construction (raising `PolicyError` if it cannot)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], *, targets: frozenset[str] | None = None) -> None:
         self.paths = [Path(p) for p in paths]
+        self.targets = targets  # the notify targets the configuration defines (None: not checked)
         self._lock = threading.Lock()
         self._seen = files_digest(self.paths)  # taken first: an edit made during the load shows next time
-        self._current = load_policy(self.paths)
+        self._current = load_policy(self.paths, targets=targets)
         self.loaded_at = time.time()
         self.last_error: PolicyError | None = None
 
@@ -54,7 +55,7 @@ class PolicyHolder:
         with self._lock:
             self._seen = files_digest(self.paths)
             try:
-                policy = load_policy(self.paths)
+                policy = load_policy(self.paths, targets=self.targets)
             except PolicyError as exc:
                 self.last_error = exc
                 raise

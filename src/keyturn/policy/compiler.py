@@ -75,8 +75,13 @@ def revision_of(files: Sequence[tuple[str, bytes]]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def load_policy(paths: Sequence[Path | str]) -> CompiledPolicy:
-    """Load and compile policy files into one policy; `PolicyError` lists every problem."""
+def load_policy(paths: Sequence[Path | str], *, targets: frozenset[str] | None = None) -> CompiledPolicy:
+    """Load and compile policy files into one policy; `PolicyError` lists every problem.
+
+    `targets` are the notification targets the server configuration defines (exact names, or `KIND:*` for
+    any name of a kind); a `notify` target outside them is a problem at its file:line. None (no server
+    configuration at hand, e.g. `keyturn policy check` without `--config`) skips that check.
+    """
     if not paths:
         raise PolicyError([Problem("<policy>", 1, 1, "no policy file given")])
     problems: list[Problem] = []
@@ -95,9 +100,40 @@ def load_policy(paths: Sequence[Path | str]) -> CompiledPolicy:
         problems.extend(found)
         if spec is not None:
             parsed.append((doc, spec))
+    if targets is not None:
+        for doc, spec in parsed:
+            problems.extend(_undefined_targets(doc, spec, targets))
     if problems:
         raise PolicyError(problems)
     return _Compiler(parsed, revision_of(contents)).compile()
+
+
+def _undefined_targets(doc: Document, spec: PolicyFileSpec, targets: frozenset[str]) -> list[Problem]:
+    """Every `notify` target (route and escalation steps) that the configuration does not define."""
+    places: list[tuple[PathKey, list[str]]] = []
+    if spec.defaults is not None:
+        places.append((("defaults", "notify"), list(spec.defaults.notify)))
+    blocks: list[tuple[PathKey, RouteSpec]] = [(("tiers", name), tier) for name, tier in spec.tiers.items()]
+    blocks += [(("rules", index), rule) for index, rule in enumerate(spec.rules)]
+    for path, block in blocks:
+        places.append(((*path, "notify"), list(block.notify)))
+        for step, escalation in enumerate(block.escalate or []):
+            places.append(((*path, "escalate", step, "notify"), list(escalation.notify)))
+    defined = ", ".join(sorted(targets)) or "none"
+    problems = []
+    for path, names in places:
+        for index, name in enumerate(names):
+            kind = name.split(":", 1)[0]
+            if name in targets or f"{kind}:*" in targets:
+                continue
+            problems.append(
+                doc.problem(
+                    (*path, index),
+                    f"notify target {name!r} is not defined by the server configuration (channels:);"
+                    f" defined: {defined}",
+                )
+            )
+    return problems
 
 
 class _Compiler:

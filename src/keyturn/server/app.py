@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from keyturn import __version__, metrics
 from keyturn.admin import Admin
+from keyturn.channels.runtime import running_channels
 from keyturn.config import Settings
 from keyturn.identity import build_authenticator
 from keyturn.ledger.checkpointer import running_checkpointer
@@ -63,6 +64,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
                 Readiness(store.probe_write).running() as app.state.readiness,
                 running_checkpointer(settings, store, keyring, svc.live_ledger.tree),
                 reloader.watching(policy, settings.policy_reload_interval),
+                running_channels(settings, store, svc.redactor),
             ):
                 yield
         finally:

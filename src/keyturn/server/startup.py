@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from keyturn.channels.registry import target_names
 from keyturn.config import Settings
 from keyturn.identity.errors import UsersFileError
 from keyturn.identity.users import read_users
@@ -83,7 +84,8 @@ def prepare(settings: Settings) -> Components:
 
 def load_policy(settings: Settings) -> PolicyHolder:
     try:
-        return PolicyHolder(settings.policy)
+        # targets: a policy naming a notify target the configuration does not define does not load
+        return PolicyHolder(settings.policy, targets=target_names(settings))
     except PolicyError as exc:
         first = str(exc.problems[0]) if exc.problems else str(exc)
         more = len(exc.problems) - 1

@@ -240,6 +240,56 @@ server_keys = Table(
     ),
 )
 
+# --- the outbox (revision 0008_outbox) ------------------------------------------------------------------
+
+# SQLite makes only an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets a 64-bit identity.
+SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+outbox = Table(
+    "outbox",
+    metadata,
+    # Written in the transition's transaction, so for one request the order of `seq` is the order of its
+    # transitions: the dispatcher delivers the rows of one (request, target) in `seq` order.
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
+    Column("id", String(100), nullable=False, unique=True),  # idempotency key: webhook-id on every retry
+    Column("request_id", ID, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(20), nullable=False),  # keyturn.channels.base.DeliveryKind
+    Column("target", Text, nullable=False),  # "slack:#ops-approvals", "webhook:siem"
+    Column("event_type", String(50), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | done | dead | cancelled
+    Column("scheduled_at", UtcDateTime, nullable=False),  # when the row first became due (never moves)
+    Column("due_at", UtcDateTime, nullable=False),  # the next attempt
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("leased_by", Text, nullable=True),  # the replica delivering it now
+    Column("leased_until", UtcDateTime, nullable=True),  # a replica that died lets go at this time
+    Column("last_error", Text, nullable=True),
+    Column("payload", Text, nullable=True),  # JSON: the view as of the transition (events), options
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(None, "status", "due_at"),
+    Index(None, "request_id", "target", "seq"),
+)
+
+message_refs = Table(
+    "message_refs",
+    metadata,
+    Column("request_id", ID, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True),
+    Column("target", Text, primary_key=True),
+    Column("conversation", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("extra", Text, nullable=False),  # JSON object of strings
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+channel_targets = Table(
+    "channel_targets",
+    metadata,
+    # A target switched off by its endpoint (410 Gone) until an admin turns it on again.
+    Column("target", String(300), primary_key=True),
+    Column("disabled_at", UtcDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 # --- chat (Slack): linked accounts, one-time link codes, seen request signatures ----------------------
 
 chat_links = Table(

@@ -58,6 +58,7 @@ from keyturn.store.errors import (
     unavailable_from,
 )
 from keyturn.store.feed import ChangeFeed, PostgresChangeFeed
+from keyturn.store.outbox import Planner, write_plan
 from keyturn.store.records import (
     DecisionRecord,
     StoredCheckpoint,
@@ -104,6 +105,9 @@ class Store:
         self.engine = engine
         self.backend = backend
         self.feed = feed
+        # Which channel deliveries a transition causes (`keyturn.channels.plan`): written in the
+        # transition's own transaction. None: nothing is delivered (tools that only read or migrate).
+        self.planner: Planner | None = None
 
     @classmethod
     def open(cls, url: str, **engine_options: Any) -> Store:
@@ -181,6 +185,7 @@ class Store:
                     )
                 self._save_grant(tx.conn, transition)
                 tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+                self._write_outbox(tx.conn, transition)
                 self._append_events(tx.conn, transition.events)
                 tx.changed.add(record.id)
         except IntegrityError as exc:
@@ -572,8 +577,17 @@ class Store:
                 raise NotFound(f"no request {record.id}")
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
         self._save_grant(tx.conn, transition)
+        self._write_outbox(tx.conn, transition)
         self._append_events(tx.conn, transition.events)
         tx.changed.add(record.id)
+
+    def _write_outbox(self, conn: Connection, transition: workflow.Transition) -> None:
+        """The notifications of a transition, in its transaction: they commit or roll back with it."""
+        if self.planner is None:
+            return
+        plan = self.planner(transition)
+        if plan:
+            write_plan(conn, plan, transition.record.id, transition.record.updated_at)
 
     def _save_grant(self, conn: Connection, transition: workflow.Transition) -> None:
         record = transition.record
