@@ -7,6 +7,8 @@ the card is updated for everyone."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,28 +61,18 @@ def channel(fake: FakeTeams) -> TeamsChannel:
     return TeamsChannel(TeamsSettings.model_validate(fake.teams_settings(secret_env=SECRET_ENV)))
 
 
-def post_card(fake: FakeTeams, server: LiveServer, request_id: str) -> MessageRef:
-    """Post the request's card as the dispatcher does: the redacted view, through the channel."""
-    view = server.client("user:alice@example.com").get(request_id)
-
-    async def go() -> MessageRef:
-        teams = channel(fake)
-        try:
-            ref = await teams.post(
-                Delivery(
-                    id="d-" + request_id,
-                    kind=DeliveryKind.POST,
-                    target="teams:oncall",
-                    event_type="request.pending",
-                    view=view,
+def post_card(fake: FakeTeams, server: LiveServer, request_id: str, timeout: float = 60.0) -> MessageRef:
+    """The card the server's own outbox posted for the request (the policy notifies `teams:oncall`):
+    submit → outbox row in the same transaction → dispatcher → Bot Connector, end to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for sent in list(fake.posted):
+            if request_id in json.dumps(sent.activity):
+                return MessageRef(
+                    target="teams:oncall", conversation=sent.conversation_id, message_id=sent.activity_id
                 )
-            )
-        finally:
-            await teams.aclose()
-        assert ref is not None
-        return ref
-
-    return asyncio.run(go())
+        time.sleep(0.1)
+    raise AssertionError(f"the outbox posted no card for {request_id} within {timeout:g}s")
 
 
 def click(server: LiveServer, activity: dict[str, Any], token: str) -> httpx.Response:
@@ -134,7 +126,8 @@ def test_card_posted_approved_in_teams_and_updated(tmp_path: Path, fake: FakeTea
             ("user:alice@example.com", "looks fine")
         ]
         # The message everyone sees was updated: the outcome, who decided, no buttons.
-        assert [u.activity_id for u in fake.updates] == [ref.message_id]
+        # (by the click's own answer and by the outbox's update row, both to the one posted message)
+        assert {u.activity_id for u in fake.updates} == {ref.message_id}
         updated = fake.updates[-1].card
         assert "actions" not in updated
         text = str(updated)
