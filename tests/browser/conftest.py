@@ -22,7 +22,10 @@ from support.live import free_port, start_server
 CHROMIUM = os.environ.get("KEYTURN_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main thread while it
+# is started, and every later test that calls asyncio.run() would then fail. It stops when the browser
+# tests are done.
+@pytest.fixture(scope="package")
 def playwright_instance() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         message = f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set KEYTURN_CHROMIUM)"
@@ -33,7 +36,7 @@ def playwright_instance() -> Iterator[Playwright]:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     launched = playwright_instance.chromium.launch(
         executable_path=CHROMIUM,
