@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-errors = Console(stderr=True)
+from keyturn.commands.output import errors, failure
 
 HELP = """Serve MCP to an agent, forwarding to an upstream MCP server, with every tool call gated by keyturn.
 
@@ -31,15 +30,10 @@ Example: keyturn mcp-proxy --name notes --upstream-url https://notes.example.com
 CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 def _listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _fail(f"--listen expects HOST:PORT (e.g. 127.0.0.1:8765), got {value!r}")
+        raise failure(f"--listen expects HOST:PORT (e.g. 127.0.0.1:8765), got {value!r}")
     return host.strip("[]"), int(port)
 
 
@@ -52,7 +46,7 @@ def _listen_token(env: str, file: Path | None) -> str:
         try:
             token = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise _fail(f"--listen-token-file {file}: {exc.strerror or exc}") from exc
+            raise failure(f"--listen-token-file {file}: {exc.strerror or exc}") from exc
         source = str(file)
     else:
         token = os.environ.get(env, "").strip()
@@ -67,7 +61,7 @@ def _listen_token(env: str, file: Path | None) -> str:
             )
             return token
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
-        raise _fail(
+        raise failure(
             f"the --listen token from {source} must be at least {MIN_TOKEN_LENGTH} characters, no spaces"
         )
     return token
@@ -129,32 +123,34 @@ def mcp_proxy(
 
     logging.basicConfig(level=log_level.upper(), format="keyturn mcp-proxy %(levelname)s %(message)s")
     if not name:
-        raise _fail("--name is required: it names the actions mcp.NAME.TOOL")
+        raise failure("--name is required: it names the actions mcp.NAME.TOOL")
     try:
         check_server_name(name)
         if upstream_url and upstream_command:
-            raise _fail("give either an upstream command after -- or --upstream-url, not both")
+            raise failure("give either an upstream command after -- or --upstream-url, not both")
         if upstream_url:
             if upstream_env:
-                raise _fail("--upstream-env applies to an upstream command; use --upstream-header for a URL")
+                raise failure(
+                    "--upstream-env applies to an upstream command; use --upstream-header for a URL"
+                )
             upstream: StdioUpstream | HttpUpstream = HttpUpstream(
                 upstream_url, dict(parse_header(h) for h in upstream_header or [])
             )
         elif upstream_command:
             if upstream_header:
-                raise _fail("--upstream-header applies to --upstream-url; use --upstream-env for a command")
+                raise failure("--upstream-header applies to --upstream-url; use --upstream-env for a command")
             upstream = StdioUpstream(
                 upstream_command[0],
                 tuple(upstream_command[1:]),
                 dict(parse_env(e) for e in upstream_env or []),
             )
         else:
-            raise _fail("no upstream: give the MCP server command after --, or --upstream-url URL")
+            raise failure("no upstream: give the MCP server command after --, or --upstream-url URL")
     except (ValueError, InvalidServerName) as exc:
-        raise _fail(str(exc)) from exc
+        raise failure(str(exc)) from exc
     api_key = os.environ.get(api_key_env)
     if not api_key:
-        raise _fail(f"no keyturn API key: set ${api_key_env} (an agent key from `keyturn api-keys create`)")
+        raise failure(f"no keyturn API key: set ${api_key_env} (an agent key from `keyturn api-keys create`)")
     token = _listen_token(listen_token_env, listen_token_file) if listen else ""
     settings = ProxySettings(
         name=name,
@@ -171,6 +167,6 @@ def mcp_proxy(
     try:
         anyio.run(run_proxy, settings)
     except UpstreamError as exc:
-        raise _fail(str(exc), code=1) from exc
+        raise failure(str(exc), code=1) from exc
     except KeyboardInterrupt:
         pass
