@@ -7,6 +7,7 @@ the YAML file are resolved against the file's directory, so a configuration can 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,26 @@ class LedgerSettings(BaseModel):
     checkpoint_interval: timedelta = Field(default=timedelta(seconds=60), description="or every T")
     witness_dir: Path | None = Field(default=None, description="write every checkpoint here too")
     witness_urls: list[str] = Field(default_factory=list, description="POST every checkpoint to these URLs")
+
+
+def read_secret(spec: SecretSettings, setting: str) -> str:
+    """The value of a configured credential (a channel's token or secret), from the environment or a file,
+    without surrounding whitespace; `ConfigError` naming the setting when it has none (a one-line start-up
+    error: a server never starts with a channel it cannot authenticate)."""
+    if spec.env is not None:
+        value = os.environ.get(spec.env, "").strip()
+        if not value:
+            raise ConfigError(f"{setting}: the environment variable {spec.env} is not set")
+        return value
+    if spec.file is not None:
+        try:
+            value = spec.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{setting}: cannot read {spec.file}: {exc.strerror or exc}") from exc
+        if not value:
+            raise ConfigError(f"{setting}: {spec.file} is empty")
+        return value
+    raise ConfigError(f"{setting}: give `env` or `file`")
 
 
 class SlackSettings(BaseModel):

@@ -8,19 +8,19 @@ settings alone (`target_names`), so `keyturn policy check --config` and the serv
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from keyturn import config
 from keyturn.channels.base import Channel
-from keyturn.config import SecretSettings, Settings
+from keyturn.config import ConfigError, SecretSettings, Settings
 
 if TYPE_CHECKING:
     from keyturn.store import Store
 
 
-class ChannelConfigError(Exception):
+class ChannelConfigError(ConfigError):
     """A channel cannot start from its settings; the message names the setting."""
 
 
@@ -89,15 +89,8 @@ def target_defined(target: str, names: frozenset[str]) -> bool:
 
 
 def read_secret(spec: SecretSettings, setting: str) -> str:
-    """A secret from the environment or a file, or a `ChannelConfigError` naming the setting."""
-    if spec.env:
-        value = os.environ.get(spec.env)
-        if not value:
-            raise ChannelConfigError(f"{setting}: the environment variable {spec.env} is not set")
-        return value
-    if spec.file:
-        try:
-            return spec.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ChannelConfigError(f"{setting}: cannot read {spec.file}: {exc.strerror or exc}") from exc
-    raise ChannelConfigError(f"{setting}: give `env` or `file`")
+    """`keyturn.config.read_secret`, refused as a `ChannelConfigError`."""
+    try:
+        return config.read_secret(spec, setting)
+    except ConfigError as exc:
+        raise ChannelConfigError(str(exc)) from None

@@ -23,7 +23,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind, MessageRef
-from keyturn.config import ConfigError, SecretSettings, Settings, SlackSettings
+from keyturn.config import ConfigError, Settings, SlackSettings, read_secret
 
 if TYPE_CHECKING:
     from keyturn.store.chat import ChatAccounts
@@ -94,29 +94,6 @@ _STATUS_ICON = {
     "expired": ":alarm_clock:",
     "cancelled": ":heavy_multiplication_x:",
 }
-
-
-def resolve_secret(spec: SecretSettings, what: str) -> str:
-    """A channel credential from the environment or a file; a missing one is a start-up error."""
-    import os
-
-    if spec.env is not None:
-        value = os.environ.get(spec.env)
-        if not value:
-            raise ConfigError(f"{what}: environment variable {spec.env} is not set")
-        return value.strip()
-    if spec.file is not None:
-        try:
-            value = spec.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{what}: cannot read {spec.file}: {exc.strerror or exc}") from exc
-        if not value:
-            raise ConfigError(f"{what}: {spec.file} is empty")
-        return value
-    raise ConfigError(f"{what}: give `env` or `file`")
-
-
-# --- text helpers ---------------------------------------------------------------------------------------
 
 
 def escape(text: str) -> str:
@@ -431,7 +408,7 @@ class SlackChannel:
             raise ConfigError("channels.slack is not configured")
         from keyturn.store.chat import ChatAccounts
 
-        token = resolve_secret(slack.bot_token, "channels.slack.bot_token")
+        token = read_secret(slack.bot_token, "channels.slack.bot_token")
         return cls(slack, token, accounts=ChatAccounts(store) if store is not None else None)
 
     async def post(self, delivery: Delivery) -> MessageRef | None:

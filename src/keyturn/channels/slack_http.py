@@ -52,9 +52,8 @@ from keyturn.channels.slack import (
     deny_modal,
     lookup,
     outcome_summary,
-    resolve_secret,
 )
-from keyturn.config import Settings
+from keyturn.config import Settings, read_secret
 from keyturn.errors import ServiceError
 from keyturn.identity.directory import Directory
 from keyturn.identity.users import UsersFile
@@ -96,9 +95,9 @@ def build_router(settings: Settings) -> APIRouter:
     """The Slack endpoints. Raises `ConfigError` (one line at start) when a Slack credential is missing."""
     slack = settings.channels.slack
     assert slack is not None, "mount the Slack router only when channels.slack is configured"
-    verifier = SignatureVerifier(resolve_secret(slack.signing_secret, "channels.slack.signing_secret"))
-    token = resolve_secret(slack.bot_token, "channels.slack.bot_token")
-    app_token = resolve_secret(slack.app_token, "channels.slack.app_token") if slack.app_token else None
+    verifier = SignatureVerifier(read_secret(slack.signing_secret, "channels.slack.signing_secret"))
+    token = read_secret(slack.bot_token, "channels.slack.bot_token")
+    app_token = read_secret(slack.app_token, "channels.slack.app_token") if slack.app_token else None
 
     def wiring(app: Any) -> Wiring:
         """The Slack side's composition root (once per app): the only place it touches the store, for the

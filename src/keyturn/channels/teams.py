@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Mapping
@@ -55,7 +54,7 @@ from microsoft_teams.cards import (
 from microsoft_teams.common import ClientOptions
 
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind, MessageRef
-from keyturn.config import ConfigError, SecretSettings, TeamsConversation, TeamsSettings
+from keyturn.config import TeamsConversation, TeamsSettings, read_secret
 
 log = logging.getLogger("keyturn.channels.teams")
 
@@ -234,24 +233,6 @@ def _when(iso: str) -> str:
 
 
 # --- the bot's own token -----------------------------------------------------------------------------
-
-
-def read_secret(spec: SecretSettings, what: str) -> str:
-    """The value of a configured secret; `ConfigError` (one line, naming the setting) when it has none."""
-    if spec.env is not None:
-        value = os.environ.get(spec.env)
-        if not value:
-            raise ConfigError(f"{what}: environment variable {spec.env} is not set")
-        return value
-    if spec.file is not None:
-        try:
-            value = spec.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{what}: cannot read {spec.file}: {exc.strerror or exc}") from exc
-        if not value:
-            raise ConfigError(f"{what}: {spec.file} is empty")
-        return value
-    raise ConfigError(f"{what}: give `env` or `file`")
 
 
 class EntraAppTokenProvider:

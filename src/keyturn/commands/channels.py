@@ -13,9 +13,9 @@ from rich.markup import escape
 
 from keyturn import workflow
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind, MessageRef
-from keyturn.channels.registry import ChannelConfigError, build_channels, target_defined, target_names
+from keyturn.channels.registry import build_channels, target_defined, target_names
 from keyturn.commands._common import ConfigOption, DatabaseOption, settings
-from keyturn.config import Settings
+from keyturn.config import ConfigError, Settings
 from keyturn.model import ActionRequest, Decision, Principal, PrincipalKind, Requirement, Route, Verdict
 from keyturn.redact import UNKEYED
 from keyturn.store import Store
@@ -56,7 +56,7 @@ def test_target(
         raise typer.Exit(2)
     try:
         ref = asyncio.run(_send(loaded, target))
-    except ChannelConfigError as exc:
+    except ConfigError as exc:  # a channel's credentials (Slack, Teams, a webhook's secret)
         errors.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except DeliveryFailed as exc:
