@@ -891,11 +891,16 @@ def load_redaction_key(path: Path) -> RedactionKey:
     return RedactionKey(kid=redaction_kid(secret), secret=secret)
 
 
+def redaction_key_text(key: RedactionKey, created: datetime) -> str:
+    """A redaction key file's content: what `load_redaction_key` (and `ledger check-value`) reads."""
+    return f"{_REDACTION_HEADER}{key.kid}\n{_CREATED_PREFIX}{created.isoformat()}\n{b64url(key.secret)}\n"
+
+
 def _write_new_redaction_key(directory: Path) -> RedactionKey:
     secret = secrets.token_bytes(32)
     kid = redaction_kid(secret)
     created = datetime.now(UTC).replace(microsecond=0)
-    content = f"{_REDACTION_HEADER}{kid}\n{_CREATED_PREFIX}{created.isoformat()}\n{b64url(secret)}\n"
+    content = redaction_key_text(RedactionKey(kid=kid, secret=secret), created)
     tmp = _write_temp(directory, content.encode("ascii"), 0o600)
     try:
         os.link(tmp, directory / f"{kid}.key")

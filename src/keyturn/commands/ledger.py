@@ -8,6 +8,7 @@ exported bundle (`--bundle DIR`) with no database and no configuration at all.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -392,6 +393,35 @@ def _event_payload(seq: int, database: str | None, bundle: Path | None) -> dict[
     if not events or events[0].seq != seq:
         raise failure(f"no event with seq {seq}")
     return events[0].payload
+
+
+@app.command("export-redaction-key")
+def export_redaction_key(
+    kid: Annotated[str, typer.Argument(help="the key id, as in a digest hmac-sha256:KID:…")],
+    out: Annotated[Path, typer.Option("--out", help="the key file to write (mode 0600)")],
+    config: ConfigOption = None,
+) -> None:
+    """Write one redaction key to a file for an auditor (`ledger check-value --key-file`). Whoever holds it
+    can confirm guesses of the values it digested: hand it over like the secret it is."""
+    from datetime import UTC, datetime
+
+    from keyturn.commands._common import admin_service
+    from keyturn.signing_keys import KeyRingError, redaction_key_text
+
+    with admin_service(config, None) as admin:
+        try:
+            key = admin.keyring.redaction_keys().get(kid)
+        except (OSError, KeyRingError) as exc:
+            raise failure(f"redaction key: {exc}") from exc
+    if key is None:
+        raise failure(f"no redaction key {kid!r} on this server", 1)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise failure(f"--out {out}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as sink:
+        sink.write(redaction_key_text(key, datetime.now(UTC).replace(microsecond=0)))
+    typer.echo(f"wrote redaction key {kid} to {out}")
 
 
 @app.command("rotate-redaction-key")
