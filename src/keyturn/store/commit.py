@@ -102,13 +102,14 @@ class Committer:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._waiting = 0
         self.batches = 0  # transactions committed or attempted, for tests and metrics
 
     @property
-    def queued(self) -> int:
-        """Jobs waiting for the next batch (not counting the batch being written)."""
+    def waiting(self) -> int:
+        """Callers waiting for their commit: jobs queued or in the batch being written."""
         with self._wakeup:
-            return len(self._queue)
+            return self._waiting
 
     def run(self, work: Callable[[Write], T], key: str) -> T:
         job: _Job[T] = _Job(work, key)
@@ -117,8 +118,13 @@ class Committer:
                 raise StoreUnavailable("the store is closed")
             self._start_if_needed()
             self._queue.append(job)
+            self._waiting += 1
             self._wakeup.notify()
-        return job.done.result()
+        try:
+            return job.done.result()
+        finally:
+            with self._wakeup:
+                self._waiting -= 1
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the thread."""
