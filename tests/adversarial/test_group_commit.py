@@ -275,3 +275,11 @@ def test_kill_9_mid_batch_acknowledges_nothing_it_did_not_commit(database_url: s
         assert {e.type for e in stored_events} <= {"request.submitted", "request.allowed", "grant.issued"}
     finally:
         after.close()
+
+
+def test_a_closed_store_writes_again_like_a_disposed_engine(store: Store, factory: RequestFactory) -> None:
+    first = factory.insert(store)
+    assert store.committer is not None
+    store.close()  # stops the writer thread; the next write starts another
+    second = factory.insert(store)
+    assert store.get(first.id) == first and store.get(second.id) == second

@@ -36,7 +36,6 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection
 
 from keyturn.model import Event
-from keyturn.store.errors import StoreUnavailable
 
 log = logging.getLogger("keyturn.store.commit")
 
@@ -99,8 +98,7 @@ class Committer:
         self._max_batch = max_batch
         self._queue: deque[_Job[Any]] = deque()
         self._wakeup = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the writer; a thread that is not it finishes and exits
         self._pid = 0
         self._waiting = 0
         self.batches = 0  # transactions committed or attempted, for tests and metrics
@@ -114,8 +112,6 @@ class Committer:
     def run(self, work: Callable[[Write], T], key: str) -> T:
         job: _Job[T] = _Job(work, key)
         with self._wakeup:
-            if self._closed:
-                raise StoreUnavailable("the store is closed")
             self._start_if_needed()
             self._queue.append(job)
             self._waiting += 1
@@ -127,11 +123,11 @@ class Committer:
                 self._waiting -= 1
 
     def close(self) -> None:
-        """Finish the queued jobs, then stop the thread."""
+        """Finish the queued jobs, then stop the thread (a later `run` starts another, as an engine
+        reconnects after `dispose()`)."""
         with self._wakeup:
-            self._closed = True
-            self._wakeup.notify()
             thread, self._thread = self._thread, None
+            self._wakeup.notify_all()
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join()
 
@@ -143,9 +139,10 @@ class Committer:
             self._thread.start()
 
     def _loop(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._wakeup:
-                while not self._queue and not self._closed:
+                while not self._queue and self._thread is me:
                     self._wakeup.wait()
                 if not self._queue:
                     return
