@@ -6,14 +6,15 @@ SQLite, the `ledger_head` row on PostgreSQL) that is held through that commit. O
 therefore caps a process at one commit's latency per write, and on SQLite the waiting writers sleep in the
 busy handler instead of queueing.
 
-`Committer` is one writer thread per process (per `Store`). Callers hand it a job — a function that
-writes through a `Write` — and block. The thread takes every job queued so far, runs each inside its own
+`Committer` is one writer thread per process (per `Store`). Callers hand it a job — a function that writes
+through a `Write` — and block (a caller that finds no write in progress and none queued commits its own job
+itself, one writer at a time still). The thread takes every job queued so far, runs each inside its own
 SAVEPOINT within ONE transaction (a job that fails rolls back only its savepoint, and its caller gets the
 exception), lets the store seal the batch (one ledger append for all the jobs' events, then the change
-feed's `before_commit`), commits once, calls `published` (the feed's `after_commit`) and only then wakes
-the callers. No caller returns before the commit that holds its write: nothing is acknowledged before it
-is on disk. When the commit fails, every caller of the batch gets that error, also a caller whose own job
-had failed (its error may have depended on a write of the batch that is now gone).
+feed's `before_commit`), commits once, calls `published` (the feed's `after_commit`) and only then wakes the
+callers. No caller returns before the commit that holds its write: nothing is acknowledged before it is on
+disk. When the commit fails, every caller of the batch gets that error, also a caller whose own job had
+failed (its error may have depended on a write of the batch that is now gone).
 
 Jobs run in the order of their key (the request they touch), so two batches — of two replicas, or this
 one and a plain write — lock request rows in one order and cannot deadlock on them; `ledger_head` is
@@ -100,6 +101,9 @@ class Committer:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None  # the writer; a thread that is not it finishes and exits
         self._pid = 0
+        self._writing = (
+            threading.Lock()
+        )  # held by whoever writes a batch: the writer thread or `_write_alone`
         self._waiting = 0
         self.batches = 0  # transactions committed or attempted, for tests and metrics
 
@@ -112,15 +116,32 @@ class Committer:
     def run(self, work: Callable[[Write], T], key: str) -> T:
         job: _Job[T] = _Job(work, key)
         with self._wakeup:
-            self._start_if_needed()
-            self._queue.append(job)
             self._waiting += 1
-            self._wakeup.notify()
         try:
+            if not self._write_alone(job):
+                with self._wakeup:
+                    self._start_if_needed()
+                    self._queue.append(job)
+                    self._wakeup.notify()
             return job.done.result()
         finally:
             with self._wakeup:
                 self._waiting -= 1
+
+    def _write_alone(self, job: _Job[Any]) -> bool:
+        """Uncontended (no batch being written, none queued), the caller commits its own job in its own
+        thread: no hand-off to the writer thread and back. Writes that arrive meanwhile queue for the
+        writer thread, which waits for this one, so there is still one writer at a time."""
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            with self._wakeup:
+                if self._queue:
+                    return False
+            self._commit([job])
+        finally:
+            self._writing.release()
+        return True
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the thread (a later `run` starts another, as an engine
@@ -146,9 +167,13 @@ class Committer:
                     self._wakeup.wait()
                 if not self._queue:
                     return
-                count = min(len(self._queue), self._max_batch)
-                jobs = [self._queue.popleft() for _ in range(count)]
-            retry = self._commit(jobs)
+            # Take the jobs only once it is this thread's turn to write: what queued while a caller wrote
+            # alone joins this batch instead of waiting for the next.
+            with self._writing:
+                with self._wakeup:
+                    count = min(len(self._queue), self._max_batch)
+                    jobs = [self._queue.popleft() for _ in range(count)]
+                retry = self._commit(jobs) if jobs else []
             if retry:
                 with self._wakeup:
                     self._queue.extendleft(reversed(retry))

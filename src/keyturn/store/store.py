@@ -1,13 +1,17 @@
 """`Store`: persistence of requests, grants, ledger events and decision records.
 
-Every write is one transaction. A transition (`keyturn.workflow.Transition`) is applied with a conditional
-update on the request's version, so of several callers that decided on the same state exactly one
-succeeds and the others get `ConcurrentUpdate` and decide again. The ledger events of a transition are
-appended in the same transaction, under a lock on the single `ledger_head` row, so sequence numbers are
-contiguous across replicas and the ledger can never disagree with the state.
+Every write is all or nothing. The writes of a request's life (submit, transition, decision record) are
+group-committed (`keyturn.store.commit`): concurrent ones share one transaction, each inside a savepoint of
+its own, and each returns only once that transaction has committed; other writes get a transaction each.
+A transition (`keyturn.workflow.Transition`) is applied with a conditional update on the request's
+version, so of several callers that decided on the same state exactly one succeeds and the others get
+`ConcurrentUpdate` and decide again. The ledger events of a transaction are appended at its end, in one
+append under a lock on the single `ledger_head` row, so sequence numbers are contiguous across replicas
+and the ledger can never disagree with the state.
 
-Lock order, the same in every transaction so none can deadlock: the request row first (insert, conditional
-update or `SELECT … FOR UPDATE`), then `ledger_head`, which is held only for the final inserts.
+Lock order, the same in every transaction so none can deadlock: request rows first (insert, conditional
+update or `SELECT … FOR UPDATE`; a group-committed batch takes them in request-id order), then
+`ledger_head`, which is held only for the final inserts.
 """
 
 from __future__ import annotations
