@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,12 @@ def test_a_failing_job_fails_alone_in_its_batch(
     keyed = factory.insert(store, idempotency_key="k-1")
     duplicate_key = factory.submit(idempotency_key="k-1")
     taken_id = factory.submit(request_id=keyed.id)  # same primary key: an integrity error mid-batch
+    earlier = factory.submit()
+    earlier_decision = factory.decision(earlier)
+    store.insert_request(earlier, earlier_decision, None)
+    # fails on its decision record, after its request row and grant were written: the savepoint undoes them
+    half_written = factory.submit()
+    reused_decision = replace(factory.decision(half_written), id=earlier_decision.id)
     new = [factory.submit() for _ in range(3)]
     size_before = store.head_seq() + 1
     commits = count_commits(store)
@@ -139,6 +146,7 @@ def test_a_failing_job_fails_alone_in_its_batch(
         lambda: store.apply(stale, stale_record.version - 1),
         lambda: store.insert_request(duplicate_key, factory.decision(duplicate_key), None),
         lambda: store.insert_request(taken_id, factory.decision(taken_id), None),
+        lambda: store.insert_request(half_written, reused_decision, None),
         *(lambda t=t: store.insert_request(t, factory.decision(t), None) for t in new),
     ]
     outcomes = run_while_held(store, database_url, calls)
@@ -148,10 +156,13 @@ def test_a_failing_job_fails_alone_in_its_batch(
     assert isinstance(outcomes[10], ConcurrentUpdate)
     assert isinstance(outcomes[11], DuplicateIdempotencyKey) and outcomes[11].record.id == keyed.id
     assert isinstance(outcomes[12], StoreError) and keyed.id in str(outcomes[12])
-    assert all(isinstance(o, RequestRecord) for o in outcomes[13:]), outcomes
+    assert isinstance(outcomes[13], StoreError) and half_written.record.id in str(outcomes[13])
+    assert all(isinstance(o, RequestRecord) for o in outcomes[14:]), outcomes
     # the failed jobs left nothing; everyone else's writes and events are there, gap-free
     assert store.get(stale_record.id) == stale_record
     assert store.get(keyed.id) == keyed
+    assert store.get(half_written.record.id) is None
+    assert store.events_for_request(half_written.record.id) == []
     assert [store.get(t.record.id) for t in new] == [t.record for t in new]
     assert_ledger_is_contiguous(store, size_before + 10 + 3 * 2)
 
@@ -162,6 +173,7 @@ def test_the_change_feed_hears_of_a_batch_only_after_its_commit(
     work = cancels(store, factory, WRITERS)
     expected = {t.record.id: t.record.version for t, _ in work}
     seen: dict[str, int | None] = {}
+    stale: list[tuple[str, int | None]] = []  # a wake-up that found the write not yet committed
     heard_all = threading.Event()
     publish = store.feed.publish
 
@@ -169,7 +181,10 @@ def test_the_change_feed_hears_of_a_batch_only_after_its_commit(
         # Read through another connection at the moment of publishing: only a committed write is visible.
         if request_id in expected:
             stored = store.get(request_id)
-            seen[request_id] = None if stored is None else stored.version
+            version = None if stored is None else stored.version
+            if version != expected[request_id]:
+                stale.append((request_id, version))
+            seen[request_id] = version
             if len(seen) == len(expected):
                 heard_all.set()
         publish(request_id)
@@ -180,6 +195,7 @@ def test_the_change_feed_hears_of_a_batch_only_after_its_commit(
     assert all(isinstance(o, RequestRecord) for o in outcomes), outcomes
     assert heard_all.wait(10), seen
     assert seen == expected
+    assert stale == []
 
 
 # --- kill -9 in the middle of a batch -------------------------------------------------------------------
