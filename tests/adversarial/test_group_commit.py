@@ -299,3 +299,41 @@ def test_a_closed_store_writes_again_like_a_disposed_engine(store: Store, factor
     store.close()  # stops the writer thread; the next write starts another
     second = factory.insert(store)
     assert store.get(first.id) == first and store.get(second.id) == second
+
+
+@pytest.mark.postgresql
+def test_a_child_forked_mid_write_writes_on_its_own(postgres_url: str, factory: RequestFactory) -> None:
+    """The child inherits the write turn held by a parent's thread, but not that thread: without starting
+    afresh it would wait for it forever. (PostgreSQL only: SQLite itself forbids carrying an open database
+    across a fork, and this test holds one open in the parent.)"""
+    store = Store.open(postgres_url)
+    store.upgrade()
+    assert store.committer is not None
+    pending = factory.insert(store)
+    cancel = workflow.cancel(pending, factory.agent, factory.tick())
+    child_submit = factory.submit()
+    with writers_held(postgres_url):
+        writer = threading.Thread(target=store.apply, args=(cancel, pending.version))
+        writer.start()
+        while store.committer.waiting < 1:
+            time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:  # the child: its own connections, then its own write
+            try:
+                store.engine.dispose(close=False)
+                store.insert_request(child_submit, factory.decision(child_submit), None)
+            finally:
+                os._exit(0 if store.get(child_submit.record.id) is not None else 1)
+    writer.join(30)
+    deadline = time.monotonic() + 30
+    while (status := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if status == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child never wrote")
+    try:
+        assert os.waitstatus_to_exitcode(status[1]) == 0
+        assert store.get(child_submit.record.id) == child_submit.record
+    finally:
+        store.close()

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -97,15 +98,19 @@ class Committer:
         self._seal = seal
         self._published = published
         self._max_batch = max_batch
+        self._reset()
+        self.batches = 0  # transactions committed or attempted, for tests and metrics
+        # A forked child inherits these locks in whatever state a thread of the parent held them, and none
+        # of the parent's threads: it starts afresh (weakly referenced: a closed store is not kept alive).
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_in_child(this))
+
+    def _reset(self) -> None:
         self._queue: deque[_Job[Any]] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None  # the writer; a thread that is not it finishes and exits
-        self._pid = 0
-        self._writing = (
-            threading.Lock()
-        )  # held by whoever writes a batch: the writer thread or `_write_alone`
+        self._writing = threading.Lock()  # held by whoever writes a batch: the writer thread or a lone caller
         self._waiting = 0
-        self.batches = 0  # transactions committed or attempted, for tests and metrics
 
     @property
     def waiting(self) -> int:
@@ -153,9 +158,7 @@ class Committer:
             thread.join()
 
     def _start_if_needed(self) -> None:
-        # A forked child inherits the attribute but not the thread: start its own.
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            self._pid = os.getpid()
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="keyturn-commit", daemon=True)
             self._thread.start()
 
@@ -232,6 +235,12 @@ def _savepoint(conn: Connection, *, alone: bool) -> Iterator[None]:
         return
     with conn.begin_nested():
         yield
+
+
+def _reset_in_child(committer: weakref.ref[Committer]) -> None:
+    alive = committer()
+    if alive is not None:
+        alive._reset()
 
 
 def _retryable(exc: BaseException) -> bool:
