@@ -394,6 +394,26 @@ def approval_fields(view: dict[str, Any], consumed: dict[str, Any]) -> dict[str,
     }
 
 
+def result_body(succeeded: bool, output_digest: str | None, detail: str) -> dict[str, Any]:
+    """The body of `POST /v1/actions/{id}/result`."""
+    body: dict[str, Any] = {"status": "succeeded" if succeeded else "failed", "detail": detail[:10_000]}
+    if output_digest:
+        body["output_digest"] = output_digest
+    return body
+
+
+def execution(view: dict[str, Any]) -> dict[str, Any] | None:
+    """What a submit with `execute: true` consumed for this caller (`consume`'s answer), if it did."""
+    executed = view.get("execution")
+    return executed if isinstance(executed, dict) else None
+
+
+def execution_lost(view: dict[str, Any], own_key: bool) -> bool:
+    """A submit answered `executing` without the execution: a retry of a submit that had consumed the grant
+    and whose answer was lost. With a key this client made up, nobody else can run it: nothing ran."""
+    return own_key and view.get("status") == "executing" and execution(view) is None
+
+
 def submission_body(
     action: str,
     resource: str,
@@ -402,6 +422,8 @@ def submission_body(
     context: dict[str, Any] | None,
     on_behalf_of: str | None,
     idempotency_key: str,
+    *,
+    execute: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "action": action,
@@ -413,4 +435,6 @@ def submission_body(
     }
     if on_behalf_of:
         body["on_behalf_of"] = on_behalf_of
+    if execute:
+        body["execute"] = True
     return body
