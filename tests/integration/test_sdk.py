@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from keyturn import (
     Unreachable,
     UnserializableArguments,
 )
+from keyturn.sdk._core import LOST_EXECUTION
 from support.live import LiveServer, start_server
 
 AGENT = "agent:deploy-bot"
@@ -303,6 +305,7 @@ def test_an_idempotent_replay_of_a_finished_request_does_not_run_again(
         try:
             with gate.request(action, params={"n": 1}, idempotency_key="replay-me-" + action):
                 ran.append(attempt)
+            assert gate.flush()  # the outcome is reported in the background
         except NotRunnable as exc:
             assert exc.status == "succeeded"
     assert ran == [0]
@@ -365,10 +368,16 @@ def test_a_lost_submit_answer_is_retried_with_the_same_key(server: LiveServer) -
             return n
 
         assert act(1) == 1
-    assert transport.dropped == 1 and len(transport.submits) == 2
+    # The retry (same body, same key) finds the request the lost submit executed; a replay never hands out
+    # a second execution, so that request is closed as failed and the call is submitted once more.
+    assert transport.dropped == 1 and len(transport.submits) == 3
     assert transport.submits[0] == transport.submits[1]  # same body, same idempotency key
+    third = json.loads(transport.submits[2])
+    assert third["idempotency_key"] != json.loads(transport.submits[0])["idempotency_key"]
     assert ran == [True]
-    assert len(requests_for(server, action)) == 1
+    lost, ran_once = sorted(requests_for(server, action), key=lambda r: r["created_at"])
+    assert lost["status"] == "failed" and lost["result"]["detail"] == LOST_EXECUTION
+    assert ran_once["status"] == "succeeded"
 
 
 def test_an_unreachable_server_fails_closed() -> None:
@@ -537,7 +546,9 @@ async def test_async_unserialisable_arguments_and_lost_submit(server: LiveServer
             await act(object())
         assert requests_for(server, action) == []
         assert await act([1, 2]) == [1, 2]
-    assert transport.dropped == 1 and len(requests_for(server, action)) == 1
+    # the lost submit's request is closed as failed (nothing ran), the call ran under a second one
+    statuses = sorted(r["status"] for r in requests_for(server, action))
+    assert transport.dropped == 1 and statuses == ["failed", "succeeded"]
 
 
 @pytest.mark.postgresql

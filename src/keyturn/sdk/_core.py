@@ -408,10 +408,19 @@ def execution(view: dict[str, Any]) -> dict[str, Any] | None:
     return executed if isinstance(executed, dict) else None
 
 
+LOST_EXECUTION = "the answer to the submit that consumed the grant was lost; nothing ran"
+
+
 def execution_lost(view: dict[str, Any], own_key: bool) -> bool:
     """A submit answered `executing` without the execution: a retry of a submit that had consumed the grant
-    and whose answer was lost. With a key this client made up, nobody else can run it: nothing ran."""
+    and whose answer was lost (a replay never hands out a second execution). With a key this client made
+    up, nobody else holds that execution: nothing ran under it."""
     return own_key and view.get("status") == "executing" and execution(view) is None
+
+
+def rekeyed(body: dict[str, Any]) -> dict[str, Any]:
+    """The same submission under a new idempotency key: a new request, evaluated by policy afresh."""
+    return {**body, "idempotency_key": new_idempotency_key()}
 
 
 def submission_body(

@@ -273,13 +273,11 @@ class AsyncGate:
             idempotency_key or _core.new_idempotency_key(),
             execute=True,
         )
-        view = _core.json_body(await self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        view = await self._submit_executing(body, deadline, own_key=idempotency_key is None)
         request_id = str(view["id"])
         executed = _core.execution(view)
         if executed is not None:  # allowed outright: consumed by the submit itself, in one round trip
             return _core.AsyncApproval(**_core.approval_fields(view, executed), _reporter=self._report_later)
-        if _core.execution_lost(view, own_key=idempotency_key is None):
-            await self._report_later(request_id, False, detail="submit answer lost; nothing ran")
         if not _core.decided(view):
             try:
                 if on_update is not None:
@@ -305,6 +303,19 @@ class AsyncGate:
             await self._report_quietly(request_id, False, detail="consume answer lost; nothing ran")
             raise
         return _core.AsyncApproval(**_core.approval_fields(view, consumed), _reporter=self._report_later)
+
+    async def _submit_executing(
+        self, body: dict[str, Any], deadline: float, *, own_key: bool
+    ) -> dict[str, Any]:
+        """Submit asking to execute. A lost answer to a submit that consumed the grant cannot be asked for
+        again (a replay hands out no second execution): that request is closed as failed, and the same
+        submission made once more as a new request."""
+        view = _core.json_body(await self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        if _core.execution_lost(view, own_key):
+            await self._report_later(str(view["id"]), False, detail=_core.LOST_EXECUTION)
+            rekeyed = _core.rekeyed(body)
+            view = _core.json_body(await self._send("POST", "/v1/actions", json=rekeyed, deadline=deadline))
+        return view
 
     # --- guard -----------------------------------------------------------------------------------------
 
