@@ -574,3 +574,96 @@ def test_waiting_on_one_replica_wakes_on_an_approval_given_on_another(
         assert request["status"] == "succeeded"
     finally:
         primary.stop()
+
+
+# --- the outcome report is off the caller's path ------------------------------------------------------------
+
+
+class HoldReports(httpx.BaseTransport):
+    """Answers the first `refuse` result reports with 503 without passing them on, and holds every report
+    until `release` is set: a slow, then refusing, server as the background sender sees it."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.release = threading.Event()
+        self.refuse = refuse
+        self.reports: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/result"):
+            assert self.release.wait(30)
+            if len(self.reports) < self.refuse:
+                self.reports.append(503)
+                return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+            response = self.inner.handle_request(request)
+            self.reports.append(response.status_code)
+            return response
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_guarded_call_returns_before_its_outcome_is_reported(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports()
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+        assert gate.guard(action)(lambda n: n * 2)(21) == 42  # returned while its report is held
+        (request,) = requests_for(server, action)
+        assert request["status"] == "executing" and transport.reports == []
+        transport.release.set()
+        assert gate.flush()
+    assert transport.reports == [200]
+    assert requests_for(server, action)[0]["status"] == "succeeded"
+
+
+def test_a_refused_report_is_retried_until_it_lands_and_close_flushes_it(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports(refuse=2)
+    transport.release.set()
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+
+        @gate.guard(action)
+        def act() -> str:
+            return "done"
+
+        assert act() == "done"
+    # closing the gate waited for the report through two 503s
+    assert transport.reports == [503, 503, 200]
+    (request,) = requests_for(server, action)
+    assert request["status"] == "succeeded" and request["result"]["output_digest"] == digest_of("done")
+
+
+class AsyncHoldReports(httpx.AsyncBaseTransport):
+    """`HoldReports` for `AsyncGate`."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.release = asyncio.Event()
+        self.refuse = refuse
+        self.reports: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/result"):
+            await self.release.wait()
+            if len(self.reports) < self.refuse:
+                self.reports.append(503)
+                return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+            response = await self.inner.handle_async_request(request)
+            self.reports.append(response.status_code)
+            return response
+        return await self.inner.handle_async_request(request)
+
+
+async def test_async_outcome_is_reported_in_the_background_through_a_refusal(server: LiveServer) -> None:
+    action, transport = unique("allow"), AsyncHoldReports(refuse=1)
+    async with AsyncGate(server.url, server.tokens[AGENT], transport=transport) as agate:
+
+        @agate.guard(action)
+        async def act(n: int) -> int:
+            return n + 1
+
+        assert await act(1) == 2  # returned while its report is held
+        assert (await asyncio.to_thread(requests_for, server, action))[0]["status"] == "executing"
+        transport.release.set()
+        assert await agate.flush()
+    assert transport.reports == [503, 200]
+    assert requests_for(server, action)[0]["status"] == "succeeded"
