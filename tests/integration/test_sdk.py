@@ -667,3 +667,25 @@ async def test_async_outcome_is_reported_in_the_background_through_a_refusal(ser
         assert await agate.flush()
     assert transport.reports == [503, 200]
     assert requests_for(server, action)[0]["status"] == "succeeded"
+
+
+def test_an_allowed_guarded_call_runs_after_one_round_trip(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports()
+    transport.release.set()
+    sent: list[str] = []
+    inner = transport.handle_request
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        return inner(request)
+
+    transport.handle_request = counting  # type: ignore[method-assign]
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+
+        @gate.guard(action)
+        def act() -> list[str]:
+            return list(sent)  # what had gone to the server when the body started
+
+        assert act() == ["POST /v1/actions"]
+    assert sent[-1].endswith("/result")
+    assert requests_for(server, action)[0]["status"] == "succeeded"
