@@ -189,10 +189,12 @@ def test_queue_reads_only_its_groups_slice_of_the_index(store: Store) -> None:
     plan, analysed = _plan(store, {"sre", "dba"}, limit)
     if store.backend == "sqlite":
         # Each group is a SEARCH of the primary key (group, created_at, request_id), walked newest first
-        # and stopped after one page; requests are fetched by primary key. Nothing is SCANned.
-        assert plan.count("SEARCH pending_route_groups USING") == 2, plan
+        # and stopped after one page; the candidates drive the join and fetch requests by primary key,
+        # never by walking the requests' (status, created_at) index through every pending request.
+        assert plan.count("SEARCH pending_route_groups USING COVERING INDEX") == 2, plan
+        assert "SEARCH requests USING INDEX sqlite_autoindex_requests_1 (id=?)" in plan, plan
         assert "SCAN requests" not in plan and "SCAN pending_route_groups" not in plan, plan
-        assert "request_groups" not in plan, plan
+        assert "ix_requests_" not in plan and "request_groups" not in plan, plan
     else:
         # Per group at most one page (limit + 1) of index rows, and that many request rows: not the 3,000
         # pending of another group nor the 3,000 decided of this one.

@@ -43,7 +43,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    union_all,
+    union,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -715,25 +715,28 @@ def _review_queue_query(groups: set[str], after: tuple[datetime, str] | None, li
     """The pending requests routed to any of `groups`, newest first, read from `pending_route_groups`.
 
     Each group contributes at most one page of candidates from its own slice of the index, so the cost is
-    `len(groups) * limit` index rows whatever else is pending or decided. The union is then fetched by
-    primary key and ordered; a request routed to two of the groups appears once (`IN`). `status` is still
-    checked on the request row: the index only narrows where to look.
+    `len(groups) * limit` index rows whatever else is pending or decided. The candidates drive the join
+    (ordered by their own columns, so no index of `requests` can tempt a planner into walking every
+    pending request instead); `UNION` keeps a request routed to two of the groups once. `status` is
+    still checked on the request row: the index only narrows where to look.
     """
     index = pending_route_groups
     per_group = []
     for group in sorted(groups):
-        candidates = select(index.c.request_id).where(index.c.group == group)
+        candidates = select(index.c.request_id, index.c.created_at).where(index.c.group == group)
         if after is not None:
             candidates = candidates.where(_before(index.c.created_at, index.c.request_id, after))
         candidates = candidates.order_by(index.c.created_at.desc(), index.c.request_id.desc()).limit(
             limit + 1
         )
-        per_group.append(select(candidates.subquery().c.request_id))
-    candidate_ids = per_group[0] if len(per_group) == 1 else union_all(*per_group)
+        per_group.append(select(candidates.subquery()))
+    union_of = per_group[0] if len(per_group) == 1 else union(*per_group)
+    found = union_of.subquery()
     return (
         select(requests.c.record, requests.c.created_at, requests.c.id)
-        .where(requests.c.id.in_(candidate_ids), requests.c.status == Status.PENDING.value)
-        .order_by(requests.c.created_at.desc(), requests.c.id.desc())
+        .join_from(found, requests, requests.c.id == found.c.request_id)
+        .where(requests.c.status == Status.PENDING.value)
+        .order_by(found.c.created_at.desc(), found.c.request_id.desc())
         .limit(limit + 1)
     )
 
