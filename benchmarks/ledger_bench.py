@@ -270,6 +270,14 @@ def whole_process(sizes: list[int], rounds: int, out: Path) -> None:
             "verify",
             "--bundle",
         ],
+        # What `keyturn ledger verify` loads once the CLI imports only the subcommand it runs (lazy groups).
+        "`keyturn.commands.ledger` app alone, `verify --bundle`": [
+            str(python),
+            "-c",
+            "from keyturn.commands.ledger import app; app(prog_name='keyturn ledger')",
+            "verify",
+            "--bundle",
+        ],
     }
     rows = []
     for size in sizes:
