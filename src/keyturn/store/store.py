@@ -32,17 +32,21 @@ from typing import Any, Self, TypeVar
 
 import psycopg
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
+    Select,
     and_,
     bindparam,
+    delete,
     exists,
     func,
     insert,
     or_,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -78,6 +82,7 @@ from keyturn.store.schema import (
     grants,
     ledger_head,
     ledger_keys,
+    pending_route_groups,
     request_groups,
     requests,
 )
@@ -190,6 +195,7 @@ class Store:
                 tx.conn.execute(
                     insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
                 )
+                _index_pending(tx.conn, record, groups)
             self._save_grant(tx.conn, transition)
             tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
             self._write_outbox(tx.conn, transition)
@@ -252,33 +258,20 @@ class Store:
         """Newest first, `limit` at a time; pass the returned cursor back for the next page (None: no more).
 
         `reviewable_groups` keeps the requests whose route names at least one of these groups. Keyset
-        pagination: a page never repeats or skips a request, however many arrive in between.
+        pagination: a page never repeats or skips a request, however many arrive in between. The review
+        queue (pending, by groups) reads `pending_route_groups`, so it costs the same whether a thousand
+        or a million other requests are stored; the service still asks `workflow.may_review` of each.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        query = select(requests.c.record, requests.c.created_at, requests.c.id)
-        if status is not None:
-            query = query.where(requests.c.status == Status(status).value)
-        if requester is not None:
-            query = query.where(requests.c.requester == requester)
-        if reviewable_groups is not None:
-            if not reviewable_groups:
-                return [], None
-            query = query.where(
-                exists().where(
-                    request_groups.c.request_id == requests.c.id,
-                    request_groups.c.group.in_(sorted(reviewable_groups)),
-                )
-            )
-        if cursor is not None:
-            after_created, after_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    requests.c.created_at < after_created,
-                    and_(requests.c.created_at == after_created, requests.c.id < after_id),
-                )
-            )
-        query = query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit + 1)
+        after = None if cursor is None else _decode_cursor(cursor)
+        query: Select[Any] | None
+        if status == Status.PENDING and reviewable_groups and requester is None:
+            query = _review_queue_query(reviewable_groups, after, limit)
+        else:
+            query = _listing_query(status, requester, reviewable_groups, after, limit)
+        if query is None:
+            return [], None
         with self._read() as conn:
             rows = conn.execute(query).all()
         page = rows[:limit]
@@ -383,6 +376,7 @@ class Store:
         if result.rowcount != len(updates):
             # Cannot happen while the rows are held; if it ever does, write nothing (the next sweep retries).
             raise ConcurrentUpdate(f"{len(updates) - result.rowcount} due requests moved during the sweep")
+        _unindex_decided(tx.conn, [transition.record for transition, _ in transitions])
         new_events: list[Event] = []
         for transition, _ in transitions:
             self._save_grant(tx.conn, transition)
@@ -612,6 +606,7 @@ class Store:
             if current is None:
                 raise NotFound(f"no request {record.id}")
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
+        _unindex_decided(tx.conn, [record])
         self._save_grant(tx.conn, transition)
         self._write_outbox(tx.conn, transition)
         tx.append(transition.events)
@@ -723,6 +718,93 @@ def _request_columns(record: RequestRecord) -> dict[str, Any]:
         "record": record.model_dump_json(),
         "tier": record.verdict.route.tier if record.verdict.route is not None else None,
     }
+
+
+def _listing_query(
+    status: Status | None,
+    requester: str | None,
+    reviewable_groups: set[str] | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Select[Any] | None:
+    """Any listing but the review queue, newest first; None when it is empty by definition."""
+    query = select(requests.c.record, requests.c.created_at, requests.c.id)
+    if status is not None:
+        query = query.where(requests.c.status == Status(status).value)
+    if requester is not None:
+        query = query.where(requests.c.requester == requester)
+    if reviewable_groups is not None:
+        if not reviewable_groups:
+            return None
+        query = query.where(
+            exists().where(
+                request_groups.c.request_id == requests.c.id,
+                request_groups.c.group.in_(sorted(reviewable_groups)),
+            )
+        )
+    if after is not None:
+        query = query.where(_before(requests.c.created_at, requests.c.id, after))
+    return query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit + 1)
+
+
+def _review_queue_query(groups: set[str], after: tuple[datetime, str] | None, limit: int) -> Select[Any]:
+    """The pending requests routed to any of `groups`, newest first, read from `pending_route_groups`.
+
+    Each group contributes at most one page of candidates from its own slice of the index, so the cost is
+    `len(groups) * limit` index rows whatever else is pending or decided. The candidates drive the join
+    (ordered by their own columns, so no index of `requests` can tempt a planner into walking every
+    pending request instead); `UNION` keeps a request routed to two of the groups once. `status` is
+    still checked on the request row: the index only narrows where to look.
+    """
+    index = pending_route_groups
+    per_group = []
+    for group in sorted(groups):
+        candidates = select(index.c.request_id, index.c.created_at).where(index.c.group == group)
+        if after is not None:
+            candidates = candidates.where(_before(index.c.created_at, index.c.request_id, after))
+        candidates = candidates.order_by(index.c.created_at.desc(), index.c.request_id.desc()).limit(
+            limit + 1
+        )
+        per_group.append(select(candidates.subquery()))
+    union_of = per_group[0] if len(per_group) == 1 else union(*per_group)
+    found = union_of.subquery()
+    return (
+        select(requests.c.record, requests.c.created_at, requests.c.id)
+        .join_from(found, requests, requests.c.id == found.c.request_id)
+        .where(requests.c.status == Status.PENDING.value)
+        .order_by(found.c.created_at.desc(), found.c.request_id.desc())
+        .limit(limit + 1)
+    )
+
+
+def _before(
+    created_at: ColumnElement[datetime], row_id: ColumnElement[str], after: tuple[datetime, str]
+) -> ColumnElement[bool]:
+    """Rows after a keyset cursor in newest-first order. The leading `created_at <=` is implied by the
+    `or_` but is what lets both databases start the index scan at the cursor instead of filtering to it."""
+    after_created, after_id = after
+    return and_(
+        created_at <= after_created,
+        or_(created_at < after_created, and_(created_at == after_created, row_id < after_id)),
+    )
+
+
+def _index_pending(conn: Connection, record: RequestRecord, groups: list[str]) -> None:
+    """Enter a new request in the review queue's index under each of its route groups, if it is pending."""
+    if record.status is Status.PENDING and groups:
+        conn.execute(
+            insert(pending_route_groups),
+            [{"group": g, "created_at": record.created_at, "request_id": record.id} for g in groups],
+        )
+
+
+def _unindex_decided(conn: Connection, records: list[RequestRecord]) -> None:
+    """Take requests that are no longer pending out of the review queue's index, in their transition's
+    transaction. Requests without a route were never in it; for a reviewed request that has left pending
+    earlier this is a no-op delete on the `request_id` index (cheaper than remembering the old status)."""
+    decided = [r.id for r in records if r.status is not Status.PENDING and r.verdict.route is not None]
+    if decided:
+        conn.execute(delete(pending_route_groups).where(pending_route_groups.c.request_id.in_(decided)))
 
 
 def _route_groups(record: RequestRecord) -> list[str]:
