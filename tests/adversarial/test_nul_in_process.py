@@ -20,7 +20,11 @@ AGENT = Principal(id="agent:deploy-bot", kind=PrincipalKind.AGENT)
 
 
 def request(**fields: Any) -> ActionRequest:
-    base: dict[str, Any] = {"action": "db.export", "resource": "postgres://prod/customers", "requester": AGENT}
+    base: dict[str, Any] = {
+        "action": "db.export",
+        "resource": "postgres://prod/customers",
+        "requester": AGENT,
+    }
     return ActionRequest(**(base | fields))
 
 
@@ -34,7 +38,9 @@ def request(**fields: Any) -> ActionRequest:
         ("on_behalf_of", "user:a\x00@example.com"),
     ],
 )
-def test_a_request_field_with_nul_is_refused_naming_it(store: Store, factory: Any, field: str, value: str) -> None:
+def test_a_request_field_with_nul_is_refused_naming_it(
+    store: Store, factory: Any, field: str, value: str
+) -> None:
     with pytest.raises(ValidationError) as refused:
         insert(store, factory, request(**{field: value}), "req_nul000000001")
     assert f"{field}: contains U+0000" in str(refused.value)
@@ -59,4 +65,3 @@ def insert(store: Store, factory: Any, action_request: ActionRequest, request_id
         request_id, action_request, factory.review_verdict(), factory.tick(), factory.grant_id()
     )
     store.insert_request(transition, factory.decision(transition), None)
-
