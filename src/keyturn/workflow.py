@@ -227,7 +227,7 @@ def submit(
         request.requester.id,
         base,
         now,
-        _submitted_payload(base),
+        _submitted_payload(base, redactor),
         redactor,
         paths=_redaction_paths(base),  # params.x, context.y, justification: the payload's own keys
     )
@@ -290,7 +290,7 @@ def review(
     if decision is ReviewDecision.DENY:
         if edited_params is not None:
             raise EditRefused("params can only be edited with an approval")
-        _check_signature(record, reviewer, decision, None, signed)
+        _check_signature(record, reviewer, decision, None, signed, redactor)
         if not comment.strip():
             raise ReasonRequired("a deny needs a reason in the comment")
         entry = Review(
@@ -330,8 +330,8 @@ def review(
                 {
                     "before": current,
                     "after": new_params,
-                    "before_digest": params_digest(current),
-                    "after_digest": params_digest(new_params),
+                    "before_digest": ledger_digest(current, redactor),
+                    "after_digest": ledger_digest(new_params, redactor),
                 },
                 redactor,
                 # redacted once, here: the route's params.x paths name before.x and after.x
@@ -345,7 +345,7 @@ def review(
         )
         current = new_params
     digest = params_digest(current)
-    _check_signature(record, reviewer, decision, digest, signed)
+    _check_signature(record, reviewer, decision, current, signed, redactor)
     if _has_approved(record, reviewer, digest):
         raise AlreadyReviewed(f"{reviewer.id} has already approved these params")
     entry = Review(
@@ -366,7 +366,7 @@ def review(
         )
     reviews = (*record.reviews, entry)
     record = _bump(record, now, reviews=reviews)
-    events.insert(0, _reviewed(record, entry, now, redactor, reviewer))
+    events.insert(0, _reviewed(record, entry, now, redactor, reviewer, current))
     if len(after) < _slots(route.requirements):
         return Transition(record, tuple(events))
     record = _with_grant(
@@ -384,7 +384,7 @@ def review(
                     {"reviewer": who, "requirement": route.requirements[after[who]].describe()}
                     for who in approvers
                 ],
-                "params_digest": params_digest(current),
+                "params_digest": ledger_digest(current, redactor),
                 "edited": current != record.request.params,
             },
             redactor,
@@ -776,7 +776,11 @@ def _consumed(
         executor=executor.id,
         grant=grant.model_copy(update={"consumed_at": now}),
     )
-    payload = {"grant_id": grant.id, "params_digest": grant.params_digest, "executor": executor.id}
+    payload = {
+        "grant_id": grant.id,
+        "params_digest": ledger_digest(effective_params(record), redactor),
+        "executor": executor.id,
+    }
     consumed = _event(EventType.GRANT_CONSUMED, executor.id, record, now, payload, redactor)
     return Transition(record, (consumed,))
 
@@ -923,7 +927,16 @@ def _event(
     )
 
 
-def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
+def ledger_digest(params: dict[str, Any], redactor: Redactor) -> str:
+    """The digest of a params document as the ledger and a passkey statement carry it: keyed under the
+    server's redaction key (guarantee 9). The plain SHA-256 a grant binds (`params_digest`) stays in the
+    record and the grant token — whose holders know the params — because a ledger holder sees the params
+    with their secrets redacted, and a plain digest of the whole document would confirm a guess of a
+    redacted low-entropy value. With the key, an auditor recomputes it (`keyturn ledger check-value`)."""
+    return redactor.digest(params)
+
+
+def _submitted_payload(record: RequestRecord, redactor: Redactor) -> dict[str, Any]:
     request = record.request
     verdict = record.verdict
     route = verdict.route
@@ -937,7 +950,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
         "justification": request.justification,
         "params": request.params,
         "context": request.context,
-        "params_digest": params_digest(request.params),
+        "params_digest": ledger_digest(request.params, redactor),
         "idempotency_key": request.idempotency_key,
         "verdict": {
             "decision": verdict.decision.value,
@@ -950,25 +963,38 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     }
 
 
+def review_statement(
+    record: RequestRecord,
+    reviewer_id: str,
+    decision: ReviewDecision,
+    approved: dict[str, Any] | None,
+    redactor: Redactor,
+) -> dict[str, Any]:
+    """The statement a passkey signs for a review: what `review` checks the assertion against and the ledger
+    keeps. `approved`: the params an approval approves (edits merged); None for a deny."""
+    return passkeys.statement(
+        request_id=record.id,
+        action=record.request.action,
+        resource=record.request.resource,
+        params_digest=None if approved is None else ledger_digest(approved, redactor),
+        decision=decision.value,
+        reviewer=reviewer_id,
+    )
+
+
 def _check_signature(
     record: RequestRecord,
     reviewer: Principal,
     decision: ReviewDecision,
-    digest: str | None,
+    approved: dict[str, Any] | None,
     signed: PasskeyAssertion | None,
+    redactor: Redactor,
 ) -> None:
     """A passkey review counts only when its signature is over this very decision (the signature itself
     was verified by the caller against the registered key; `keyturn ledger verify` checks it again)."""
     if signed is None:
         return
-    document = passkeys.statement(
-        request_id=record.id,
-        action=record.request.action,
-        resource=record.request.resource,
-        params_digest=digest,
-        decision=decision.value,
-        reviewer=reviewer.id,
-    )
+    document = review_statement(record, reviewer.id, decision, approved, redactor)
     if not passkeys.binds(signed, document):
         raise SignatureMismatch("the passkey signed a different decision than the one being recorded")
 
@@ -979,13 +1005,15 @@ def _reviewed(
     now: datetime,
     redactor: Redactor,
     reviewer: Principal | None = None,
+    approved: dict[str, Any] | None = None,
 ) -> Event:
+    """`approved`: the params an approval approved (None for a deny, which approves nothing)."""
     payload: dict[str, Any] = {
         "reviewer": entry.reviewer,
         "reviewer_groups": sorted(entry.reviewer_groups),
         "decision": entry.decision.value,
         "comment": entry.comment,
-        "params_digest": entry.params_digest,
+        "params_digest": None if approved is None else ledger_digest(approved, redactor),
     }
     signed = reviewer.authn.passkey if reviewer is not None and reviewer.authn is not None else None
     if signed is not None:
@@ -993,14 +1021,7 @@ def _reviewed(
         # verify` proves this approval offline from the event alone.
         payload["passkey"] = {
             **signed.model_dump(mode="json"),
-            "statement": passkeys.statement(
-                request_id=record.id,
-                action=record.request.action,
-                resource=record.request.resource,
-                params_digest=entry.params_digest,
-                decision=entry.decision.value,
-                reviewer=entry.reviewer,
-            ),
+            "statement": review_statement(record, entry.reviewer, entry.decision, approved, redactor),
         }
     return _event(EventType.REVIEWED, entry.reviewer, record, now, payload, redactor)
 
@@ -1013,6 +1034,10 @@ def _grant_issued(record: RequestRecord, now: datetime, redactor: Redactor) -> E
         "system",
         record,
         now,
-        {"grant_id": grant.id, "params_digest": grant.params_digest, "expires_at": _iso(grant.expires_at)},
+        {
+            "grant_id": grant.id,
+            "params_digest": ledger_digest(record.approved_params or {}, redactor),
+            "expires_at": _iso(grant.expires_at),
+        },
         redactor,
     )

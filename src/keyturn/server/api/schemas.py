@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyturn.model import canonical_json_problem, canonical_principal_id
+from keyturn.model import canonical_json_problem, canonical_principal_id, refuse_nul
 
 ACTION_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_*-]+)*$"
 
@@ -64,8 +64,8 @@ class Body(BaseModel):
         # Everything a body carries ends up in digests and ledger events: refuse what cannot be
         # canonicalised here, with the path, instead of failing later with a 500.
         name = info.field_name or "body"
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError(f"{name}: contains U+0000 (NUL), which no field may contain")
+        if isinstance(value, str):
+            refuse_nul(value, name)
         if isinstance(value, dict | list):
             problem = json_limits_problem(value, name)
             if problem:

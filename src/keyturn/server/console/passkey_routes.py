@@ -31,7 +31,7 @@ from webauthn.helpers.structs import (
 
 from keyturn import passkeys, workflow
 from keyturn.identity.sessions import PasskeyRow, PendingLogin
-from keyturn.model import Authentication, AuthMethod, PasskeyAssertion, Principal, params_digest
+from keyturn.model import Authentication, AuthMethod, PasskeyAssertion, Principal, ReviewDecision
 from keyturn.server.console import Console
 from keyturn.server.console.routes import ConsoleDep, SameOrigin, Session, page
 from keyturn.server.deps import Service
@@ -138,18 +138,11 @@ def review_statement(
 ) -> dict[str, Any]:
     """The statement a passkey signs for this review, computed as the workflow will (edits merged)."""
     record = svc.get(who, request_id)
-    digest = None
+    approved = None
     if decision == "approve":
         current = workflow.effective_params(record)
-        digest = params_digest(merge_params(current, changes) if changes is not None else current)
-    return passkeys.statement(
-        request_id=record.id,
-        action=record.request.action,
-        resource=record.request.resource,
-        params_digest=digest,
-        decision=decision,
-        reviewer=who.id,
-    )
+        approved = merge_params(current, changes) if changes is not None else current
+    return workflow.review_statement(record, who.id, ReviewDecision(decision), approved, svc.redactor)
 
 
 @router.post("/console/requests/{request_id}/passkey-options", dependencies=[SameOrigin])
