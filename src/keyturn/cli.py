@@ -47,8 +47,7 @@ COMMANDS: dict[str, Subcommand] = {
     "mcp-proxy": Subcommand(
         "keyturn.commands.mcp",
         "mcp_proxy",
-        "Serve MCP to an agent, forwarding to an upstream MCP server, with every tool call gated by "
-        "keyturn.",
+        "Serve MCP to an agent, forwarding to an upstream MCP server, with every tool call gated by keyturn.",
         kind="command",
     ),
     "exec": Subcommand(
@@ -85,9 +84,7 @@ COMMANDS: dict[str, Subcommand] = {
     "users": Subcommand(
         "keyturn.commands.users", "app", "Users file: humans, groups, roles, personal tokens."
     ),
-    "ledger": Subcommand(
-        "keyturn.commands.ledger", "app", "Verify, export, prove and report on the ledger."
-    ),
+    "ledger": Subcommand("keyturn.commands.ledger", "app", "Verify, export, prove and report on the ledger."),
     "outbox": Subcommand("keyturn.commands.outbox", "app", "Channel deliveries: list, retry dead ones."),
     "channels": Subcommand(
         "keyturn.commands.channels", "app", "Notification channels: test a target, enable one."

@@ -1,4 +1,4 @@
-"""`keyturn serve`: check everything, bind, then run the server under uvicorn (docs/operations.md, start-up)."""
+"""`keyturn serve`: check everything, bind, then serve under uvicorn (docs/operations.md, "Start-up")."""
 
 from __future__ import annotations
 

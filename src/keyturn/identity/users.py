@@ -51,7 +51,13 @@ log = logging.getLogger("keyturn.identity")
 
 INVALID_TOKEN = "invalid or revoked user token"
 WRONG_PASSWORD = "wrong user or password"
-_DUMMY_HASH = PasswordHasher().hash("keyturn-no-such-user")
+
+# What an unknown user's password is verified against, so that a miss costs what a wrong password costs.
+# A literal: hashing it at import took a noticeable part of a second of every start (Argon2 is slow on
+# purpose). Made with PasswordHasher()'s defaults (test_users_file_dummy_hash checks they still apply).
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$dj9YyXorTMh4xRxLMshKig$WGGTkNE6G5qTy+8ct+RfplKK4D21+nq2DFXf1upvHBA"
+)
 
 
 class _Strict(BaseModel):
