@@ -49,6 +49,9 @@ from keyturn.model import Principal, PrincipalKind, Role, canonical_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
+# libyaml's loader where PyYAML was built with it: the pure-Python one takes a noticeable part of a start.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 INVALID_TOKEN = "invalid or revoked user token"
 WRONG_PASSWORD = "wrong user or password"
 
@@ -146,8 +149,7 @@ def read_users(path: Path) -> UsersDocument:
 
 def parse_users(text: str, source: str) -> UsersDocument:
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
+        raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -160,6 +162,7 @@ def parse_users(text: str, source: str) -> UsersDocument:
     try:
         return UsersDocument.model_validate(raw)
     except ValidationError as exc:
+        root = yaml.compose(text, Loader=_LOADER)  # node positions, only to name where a problem is
         problems = []
         for error in exc.errors(include_url=False):
             loc = tuple(error["loc"])

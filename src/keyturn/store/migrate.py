@@ -25,7 +25,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = "hashtextextended('keyturn.migrate:' || current_schema(), 0)"
 
 # `revision = "0008_outbox"` / `down_revision = "0007_keys"` (or None) at the top level of a migration.
-_REVISION_LINE = re.compile(r'^(revision|down_revision)\s*(?::\s*[^=]+)?=\s*(?:"([^"]*)"|\'([^\']*)\'|None)\s*$')
+_REVISION_LINE = re.compile(
+    r"""^(revision|down_revision)\s*(?::\s*[^=]+)?=\s*(?:"([^"]*)"|'([^']*)'|None)\s*$"""
+)
 
 
 def alembic_config() -> Config:
@@ -45,13 +47,13 @@ def head_revision() -> str:
     return head
 
 
-def declared_head() -> str | None:
+def declared_head(versions: Path = MIGRATIONS / "versions") -> str | None:
     """The head revision read from the migration files without Alembic: the one revision that no other
     names as its `down_revision`. None when the files do not say it plainly (a merge revision, a tuple,
     a revision computed in code, several heads): then only Alembic can tell, and `upgrade` asks it."""
     revisions: set[str] = set()
     parents: set[str] = set()
-    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+    for path in sorted(versions.glob("*.py")):
         found: dict[str, str | None] = {}
         for line in path.read_text(encoding="utf-8").splitlines():
             match = _REVISION_LINE.match(line)
