@@ -11,6 +11,9 @@ Commands (each run interleaves every case, so a loaded machine slows them alike)
   allows) against a running `keyturn serve`: the whole per-tool-call cost an agent pays;
 - `keyturn exec --action test.allow -- true` against the same server.
 
+Imports alone (no server started): what a bare FastAPI app imports, plus a database layer, against
+`import keyturn.server.app`: the floor under a start.
+
 Servers: spawn to the first 200 of `/healthz` (and, for keyturn, of `/readyz`), polled every 10 ms, on
 SQLite and PostgreSQL; the bare app is FastAPI with one route under the same uvicorn.
 
@@ -313,6 +316,40 @@ def main() -> None:
                 ready = cell([r[1] for r in runs], bare_median, spread=False)
                 cells.append(f"{health}; {ready}")
             say(f"| keyturn serve, {label} | " + " | ".join(cells) + " |")
+        say()
+        imports = [
+            Case(
+                "import fastapi, uvicorn (the bare app's)",
+                [sys.executable, "-c", "import fastapi, uvicorn"],
+                keyturn=False,
+            ),
+            Case(
+                "... + sqlalchemy, psycopg (a database)",
+                [sys.executable, "-c", "import fastapi, uvicorn, sqlalchemy.orm, psycopg"],
+                keyturn=False,
+            ),
+            Case("import keyturn.server.app", [sys.executable, "-c", "import keyturn.server.app"]),
+        ]
+        import_times: dict[tuple[str, str], list[float]] = {}
+        for run in range(args.runs + 1):
+            for case in imports:
+                for variant in variants if case.keyturn else variants[:1]:
+                    elapsed = time_command(case, variant.env)
+                    if run:
+                        import_times.setdefault((case.name, variant.name), []).append(elapsed)
+        floor = median(import_times[(imports[0].name, "after")])
+        say(
+            "| imports only (the floor of a start) | "
+            + " | ".join(f"{v.name} (x bare app's)" for v in variants)
+            + " |"
+        )
+        say("|---|" + "---|" * len(variants))
+        for case in imports:
+            cells = [
+                cell(import_times[(case.name, v.name)], floor) if (case.name, v.name) in import_times else "—"
+                for v in variants
+            ]
+            say(f"| {case.name} | " + " | ".join(cells) + " |")
         say()
         ended = datetime.datetime.now(datetime.UTC)
         say(f"**End**: {ended:%H:%M} UTC, load average {load()}.")
