@@ -14,6 +14,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    options_to_json,
+    verify_registration_response,
+)
+from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+from webauthn.helpers.exceptions import InvalidRegistrationResponse
+from webauthn.helpers.structs import (
+    AuthenticatorSelectionCriteria,
+    PublicKeyCredentialDescriptor,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
 
 from keyturn import passkeys, workflow
 from keyturn.identity.sessions import PasskeyRow, PendingLogin
@@ -37,15 +51,6 @@ def passkeys_page(request: Request, con: ConsoleDep, s: Session, error: str = ""
 
 @router.post("/console/passkeys/options", dependencies=[SameOrigin])
 def registration_options(con: ConsoleDep, s: Session) -> Response:
-    # py_webauthn loads with the first passkey ceremony, not with every server.
-    from webauthn import generate_registration_options, options_to_json
-    from webauthn.helpers.structs import (
-        AuthenticatorSelectionCriteria,
-        PublicKeyCredentialDescriptor,
-        ResidentKeyRequirement,
-        UserVerificationRequirement,
-    )
-
     who = s.principal
     existing = [p for p in con.repository.passkeys(who.id) if p.revoked_at is None]
     options = generate_registration_options(
@@ -59,12 +64,12 @@ def registration_options(con: ConsoleDep, s: Session) -> Response:
             user_verification=UserVerificationRequirement.REQUIRED,
         ),
         exclude_credentials=[
-            PublicKeyCredentialDescriptor(id=passkeys.from_b64(p.credential_id)) for p in existing
+            PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id)) for p in existing
         ],
     )
     con.repository.add_login(
         PendingLogin(
-            state=CEREMONY_PREFIX + passkeys.b64(options.challenge),
+            state=CEREMONY_PREFIX + bytes_to_base64url(options.challenge),
             nonce=who.id[:100],
             code_verifier="passkey",
             return_to="",
@@ -76,16 +81,13 @@ def registration_options(con: ConsoleDep, s: Session) -> Response:
 
 @router.post("/console/passkeys", dependencies=[SameOrigin])
 async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
-    from webauthn import verify_registration_response
-    from webauthn.helpers.exceptions import InvalidRegistrationResponse
-
     body = await request.json()
     credential = body.get("credential") if isinstance(body, dict) else None
     name = str(body.get("name") or "passkey")[:100] if isinstance(body, dict) else "passkey"
     if not isinstance(credential, dict):
         return JSONResponse({"error": "credential: missing"}, status_code=400)
     try:
-        client_data = json.loads(passkeys.from_b64(credential["response"]["clientDataJSON"]))
+        client_data = json.loads(base64url_to_bytes(credential["response"]["clientDataJSON"]))
         challenge = str(client_data["challenge"])
     except (KeyError, TypeError, ValueError):
         return JSONResponse({"error": "credential: unreadable client data"}, status_code=400)
@@ -95,7 +97,7 @@ async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
     try:
         verified = verify_registration_response(
             credential=credential,
-            expected_challenge=passkeys.from_b64(challenge),
+            expected_challenge=base64url_to_bytes(challenge),
             expected_rp_id=con.rp_id,
             expected_origin=con.origin,
             require_user_verification=True,
@@ -104,9 +106,9 @@ async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
         return JSONResponse({"error": f"refused: {exc}"}, status_code=400)
     con.repository.add_passkey(
         PasskeyRow(
-            credential_id=passkeys.b64(verified.credential_id),
+            credential_id=bytes_to_base64url(verified.credential_id),
             principal_id=s.principal.id,
-            public_key=passkeys.b64(verified.credential_public_key),
+            public_key=bytes_to_base64url(verified.credential_public_key),
             sign_count=verified.sign_count,
             name=name,
             transports=tuple(str(t) for t in credential.get("response", {}).get("transports", []) or []),
@@ -154,9 +156,6 @@ def review_statement(
 async def review_options(
     request_id: str, request: Request, con: ConsoleDep, svc: Service, s: Session
 ) -> Response:
-    from webauthn import generate_authentication_options, options_to_json
-    from webauthn.helpers.structs import PublicKeyCredentialDescriptor, UserVerificationRequirement
-
     from keyturn.server.console.routes import _changes, _editable_fields
 
     form = await request.form()
@@ -179,7 +178,7 @@ async def review_options(
         rp_id=con.rp_id,
         challenge=passkeys.new_challenge(document),
         allow_credentials=[
-            PublicKeyCredentialDescriptor(id=passkeys.from_b64(p.credential_id)) for p in keys
+            PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id)) for p in keys
         ],
         user_verification=UserVerificationRequirement.REQUIRED,
     )
