@@ -15,21 +15,18 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from authlib.integrations.httpx_client import AsyncOAuth2Client
-from authlib.oidc.core import CodeIDToken
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-from joserfc.jws import JWSRegistry
 
 from keyturn.config import ConsoleSettings, IssuerSettings
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.oidc import IssuerVerifier
 from keyturn.identity.sessions import PendingLogin, SqlConsoleRepository
 from keyturn.model import Authentication, AuthMethod, Principal
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 log = logging.getLogger("keyturn.console")
 
@@ -113,6 +110,9 @@ class OidcLoginFlow:
         return self._principal(claims, max_age), return_to
 
     def _client(self) -> AsyncOAuth2Client:
+        # authlib and joserfc load on the first login, not with every server: most have no OIDC console login.
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
         return AsyncOAuth2Client(
             client_id=self.login.client_id,
             client_secret=self.login.client_secret,
@@ -142,6 +142,12 @@ class OidcLoginFlow:
     async def _verify(
         self, id_token: str, nonce: str, access_token: Any, metadata: dict[str, Any]
     ) -> dict[str, Any]:
+        from authlib.oidc.core import CodeIDToken
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+        from joserfc.jws import JWSRegistry
+
         try:
             response = await self._http.get(metadata["jwks_uri"])
             response.raise_for_status()
