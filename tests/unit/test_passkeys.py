@@ -233,3 +233,69 @@ def test_a_tier_may_require_passkey_signed_approvals(tmp_path: Any, factory: Any
         record, signer, ReviewDecision.APPROVE, "", factory.now, grant_id=factory.grant_id()
     )
     assert approved.record.status.value == "approved"
+
+
+def test_an_edit_onto_a_passkey_signed_tier_is_refused(tmp_path: Any, factory: Any) -> None:
+    """The record keeps its submitted route: an edit that policy would put on a `signature: passkey` tier
+    would otherwise be approved (here: by one unsigned click) without the signature the tier demands."""
+    from keyturn.model import ActionRequest
+    from keyturn.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\n"
+        "defaults: {approvers: [sre], ttl: 1h}\n"
+        "tiers:\n"
+        "  signed: {quorum: 1, approvers: [sre], signature: passkey}\n"
+        "rules:\n"
+        "  - name: big\n"
+        "    match: {action: db.export}\n"
+        "    when: 'params.eur > 100'\n"
+        "    decision: review\n"
+        "    tier: signed\n"
+        "  - name: small\n"
+        "    match: {action: db.export}\n"
+        "    decision: review\n"
+        "    quorum: 1\n"
+        "    approvers: [sre]\n"
+        "    editable: [params.eur]\n"
+    )
+    compiled = load_policy([path])
+    now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    verdict = compiled.evaluate(
+        ActionRequest(action="db.export", params={"eur": 5}, requester=factory.agent), now
+    )
+    assert verdict.route is not None and verdict.route.signature is None
+    record = factory.submit(verdict, params={"eur": 5}).record
+    alice = factory.human("alice", "sre").model_copy(
+        update={"authn": Authentication(method=AuthMethod.OIDC, at=factory.now)}
+    )
+
+    def reevaluate(edited: ActionRequest) -> Any:
+        return compiled.evaluate(edited, now)
+
+    assert compiled.evaluate(record.request.with_params({"eur": 5000}), now).route.signature == "passkey"
+    with pytest.raises(workflow.EditRefused, match="passkey-signed"):
+        workflow.review(
+            record,
+            alice,
+            ReviewDecision.APPROVE,
+            "",
+            factory.tick(),
+            edited_params={"eur": 5000},
+            reevaluate=reevaluate,
+            grant_id=factory.grant_id(),
+        )
+    # An edit that stays off the signed tier is still an edit like any other.
+    narrowed = workflow.review(
+        record,
+        alice,
+        ReviewDecision.APPROVE,
+        "",
+        factory.now,
+        edited_params={"eur": 3},
+        reevaluate=reevaluate,
+        grant_id=factory.grant_id(),
+    )
+    assert narrowed.record.status.value == "approved"
+    assert narrowed.record.approved_params == {"eur": 3}
