@@ -14,16 +14,17 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from keyturn.errors import NotFound
+from keyturn.errors import Conflict, NotFound
 from keyturn.identity.sessions import ConsoleSessions
 from keyturn.model import Event, EventType, Principal
 from keyturn.store.chat import ChatAccounts, ChatLink
 from keyturn.store.console import PasskeyRow, PendingLogin, SqlConsoleRepository
+from keyturn.store.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from keyturn.store import Store
 
-__all__ = ["Accounts", "ChatLink", "PasskeyRow", "PendingLogin"]
+__all__ = ["Accounts"]
 
 
 class Accounts:
@@ -76,7 +77,7 @@ class Accounts:
         origin: str,
     ) -> PasskeyRow:
         """Keep a verified registration (base64url id and COSE key, as WebAuthn gives them) and ledger it in
-        the same transaction. `StoreError` when this credential is registered already."""
+        the same transaction. `Conflict` when this credential is registered already."""
         from keyturn.passkeys import hex_of
 
         now = self._clock()
@@ -99,7 +100,12 @@ class Accounts:
             "name": name,
         }
         event = _event(EventType.PASSKEY_REGISTERED, principal, now, {"passkey": section})
-        self._console.add_passkey(row, (event,))
+        try:
+            self._console.add_passkey(row, (event,))
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise Conflict(str(exc), {"field": "credential"}) from exc
         return row
 
     def revoke_passkey(self, principal: Principal, credential_id: str) -> None:
@@ -116,7 +122,7 @@ class Accounts:
             raise NotFound("no such passkey of yours (or it is revoked already)", {"field": "credential_id"})
 
     def use_passkey(self, credential_id: str, old_count: int, new_count: int, at: datetime) -> bool:
-        """Record an assertion's sign count; False when the count moved meanwhile (a concurrent or cloned use)."""
+        """Record an assertion's sign count; False when it moved meanwhile (a concurrent or cloned use)."""
         return self._console.use_passkey(credential_id, old_count, new_count, at)
 
     # --- linked chat accounts -----------------------------------------------------------------------

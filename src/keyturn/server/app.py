@@ -31,7 +31,6 @@ from keyturn.server.readiness import Readiness
 from keyturn.server.startup import Components, prepare
 from keyturn.service import Keyturn
 from keyturn.store import StoreUnavailable
-from keyturn.store.console import SqlConsoleRepository
 
 log = logging.getLogger("keyturn.server")
 
@@ -56,7 +55,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
-        app.state.console = build_console(settings, SqlConsoleRepository(store), app.state.authenticator)
+        app.state.console = build_console(settings, svc, app.state.authenticator)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:

@@ -204,7 +204,8 @@ class SqlConsoleRepository:
         return result.rowcount == 1
 
     def revoke_passkey(self, credential_id: str, principal_id: str, events: tuple[Event, ...] = ()) -> bool:
-        """False when not `principal_id`'s or revoked already; `events` are appended only if this revoked it."""
+        """False when not `principal_id`'s or revoked already; `events` are appended only if this call
+        revoked it."""
         with self._store._write() as tx:
             result = tx.conn.execute(
                 update(passkeys)

@@ -388,7 +388,7 @@ async def review(request_id: str, request: Request, con: ConsoleDep, svc: Servic
                 from keyturn.server.console import passkey_routes
 
                 document = passkey_routes.review_statement(svc, who, request_id, decision.value, changes)
-                signer = passkey_routes.passkey_principal(con, who, str(assertion)[:20_000], document)
+                signer = passkey_routes.passkey_principal(con, svc, who, str(assertion)[:20_000], document)
             svc.review(signer, request_id, decision, comment, changes)
         except ServiceError as exc:
             try:
