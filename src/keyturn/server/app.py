@@ -24,7 +24,13 @@ from keyturn.operations import Operations
 from keyturn.server import errors, reloader
 from keyturn.server.api import actions, admin, grants, ledger, system
 from keyturn.server.console import HERE as CONSOLE_DIR
-from keyturn.server.console import build_console, ledger_routes, passkey_routes, policy_routes
+from keyturn.server.console import (
+    account_routes,
+    build_console,
+    ledger_routes,
+    passkey_routes,
+    policy_routes,
+)
 from keyturn.server.console import routes as console_routes
 from keyturn.server.limits import RequestGuard
 from keyturn.server.readiness import Readiness
@@ -95,6 +101,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.include_router(passkey_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(policy_routes.router)
+    app.include_router(account_routes.router)
     app.mount("/console/static", StaticFiles(directory=str(CONSOLE_DIR / "static")), name="console-static")
     install_console_errors(app)
     if settings.channels.slack is not None:  # Slack interactivity and chat account links
