@@ -78,7 +78,7 @@ def page(con: Console, request: Request, name: str, status_code: int = 200, **co
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "frame-ancestors 'none'; form-action 'self' " + " ".join(_form_targets(con))
+        "frame-ancestors 'none'; form-action " + " ".join(["'self'", *_form_targets(con)])
     )
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
