@@ -13,7 +13,7 @@ from keyturn.store import Store
 from keyturn.store.chat import ChatAccounts, ChatLink
 from keyturn.store.outbox import Outbox
 from support.channels import policy, webhook_settings
-from support.console import ConsoleWorld
+from support.console import PHONE, ConsoleWorld, shoot
 from support.webhook_receiver import WebhookReceiver
 
 CROSS_SITE = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
@@ -37,7 +37,7 @@ def _links(world: ConsoleWorld) -> list[ChatLink]:
         store.close()
 
 
-def test_a_user_lists_and_unlinks_only_their_own_chat_accounts(world: ConsoleWorld) -> None:
+def test_a_user_lists_and_unlinks_only_their_own_chat_accounts(world: ConsoleWorld, tmp_path: Path) -> None:
     _link(world, "user:alice@example.com", "UALICE1")
     _link(world, "user:alice@example.com", "UALICE2")
     _link(world, "user:bob@example.com", "UBOB")
@@ -47,6 +47,7 @@ def test_a_user_lists_and_unlinks_only_their_own_chat_accounts(world: ConsoleWor
     rows = page.locator("tr[data-chat-account]")
     assert rows.count() == 2
     assert "UBOB" not in page.locator("#chat-accounts").inner_text()
+    _shoot_both(world, page, "chat-accounts", tmp_path)
 
     # Another origin's form cannot unlink (the same check as every console form).
     forged = page.request.post(
@@ -108,6 +109,7 @@ def test_an_admin_sees_a_dead_delivery_with_its_error_and_retries_it(
         frank.click("nav >> text=Outbox")
         row = frank.locator(f"#outbox-dead tr[data-outbox='{dead.id}']")
         assert "503" in row.inner_text() and "webhook:siem" in row.inner_text()
+        _shoot_both(world, frank, "outbox", tmp_path)
         forged = frank.request.post(
             world.base + f"/console/outbox/{dead.id}/retry", headers=CROSS_SITE, max_redirects=0
         )
@@ -141,3 +143,17 @@ def _wait_for_row(world: ConsoleWorld, request_id: str, status: str) -> Any:
     finally:
         store.close()
     raise AssertionError(f"no {status} outbox row for {request_id}")
+
+
+def _shoot_both(world: ConsoleWorld, page: Page, name: str, tmp_path: Path) -> None:
+    """The page as it is (desktop), then the same URL in a phone-sized page of the same session."""
+    import os
+
+    out = Path(os.environ.get("KEYTURN_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    shoot(page, f"{name}-desktop", out)
+    phone = page.context.new_page()
+    phone.set_viewport_size(PHONE)
+    phone.goto(page.url)
+    shoot(phone, f"{name}-phone", out)
+    phone.close()
