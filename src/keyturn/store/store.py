@@ -1,13 +1,17 @@
 """`Store`: persistence of requests, grants, ledger events and decision records.
 
-Every write is one transaction. A transition (`keyturn.workflow.Transition`) is applied with a conditional
-update on the request's version, so of several callers that decided on the same state exactly one
-succeeds and the others get `ConcurrentUpdate` and decide again. The ledger events of a transition are
-appended in the same transaction, under a lock on the single `ledger_head` row, so sequence numbers are
-contiguous across replicas and the ledger can never disagree with the state.
+Every write is all or nothing. The writes of a request's life (submit, transition, decision record) are
+group-committed (`keyturn.store.commit`): concurrent ones share one transaction, each inside a savepoint of
+its own, and each returns only once that transaction has committed; other writes get a transaction each.
+A transition (`keyturn.workflow.Transition`) is applied with a conditional update on the request's
+version, so of several callers that decided on the same state exactly one succeeds and the others get
+`ConcurrentUpdate` and decide again. The ledger events of a transaction are appended at its end, in one
+append under a lock on the single `ledger_head` row, so sequence numbers are contiguous across replicas
+and the ledger can never disagree with the state.
 
-Lock order, the same in every transaction so none can deadlock: the request row first (insert, conditional
-update or `SELECT … FOR UPDATE`), then `ledger_head`, which is held only for the final inserts.
+Lock order, the same in every transaction so none can deadlock: request rows first (insert, conditional
+update or `SELECT … FOR UPDATE`; a group-committed batch takes them in request-id order), then
+`ledger_head`, which is held only for the final inserts.
 """
 
 from __future__ import annotations
@@ -21,11 +25,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from sqlalchemy import (
@@ -47,6 +50,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from keyturn import workflow
 from keyturn.model import Event, EventType, RequestRecord, Status
 from keyturn.store import migrate
+from keyturn.store.commit import Committer, Write
 from keyturn.store.engine import BEGIN_MODE, Backend, create, libpq_conninfo, normalise_url
 from keyturn.store.errors import (
     ConcurrentUpdate,
@@ -82,6 +86,8 @@ log = logging.getLogger("keyturn.store")
 
 DueHandler = Callable[[RequestRecord], workflow.Transition | None]
 
+T = TypeVar("T")
+
 _IMMUTABLE_COLUMNS = ("id", "action", "resource", "requester", "idempotency_key", "created_at")
 
 # Below this much free space on SQLite's filesystem, readiness reports the disk full.
@@ -92,30 +98,29 @@ DUE_BATCH_SIZE = 200
 DUE_TIME_BUDGET = 5.0
 
 
-@dataclass
-class _Write:
-    """An open write transaction and the requests it changed (to notify once it commits)."""
-
-    conn: Connection
-    changed: set[str] = field(default_factory=set)
-
-
 class Store:
-    def __init__(self, engine: Engine, backend: Backend, feed: ChangeFeed) -> None:
+    def __init__(
+        self, engine: Engine, backend: Backend, feed: ChangeFeed, *, group_commit: bool = True
+    ) -> None:
         self.engine = engine
         self.backend = backend
         self.feed = feed
         # Which channel deliveries a transition causes (`keyturn.channels.plan`): written in the
         # transition's own transaction. None: nothing is delivered (tools that only read or migrate).
         self.planner: Planner | None = None
+        # The writes of a request's life (submit, transition, decision record) share commits with the
+        # concurrent ones (`keyturn.store.commit`); None: one transaction each (`store.group_commit: false`).
+        self.committer: Committer | None = (
+            Committer(self._transaction, self._seal, self.feed.after_commit) if group_commit else None
+        )
 
     @classmethod
-    def open(cls, url: str, **engine_options: Any) -> Store:
+    def open(cls, url: str, *, group_commit: bool = True, **engine_options: Any) -> Store:
         """`sqlite:///PATH` or `postgresql://…` (psycopg 3). Does not touch the schema: see `upgrade()`."""
         parsed, backend = normalise_url(url)
         engine = create(parsed, backend, **engine_options)
         feed = PostgresChangeFeed(libpq_conninfo(parsed)) if backend == "postgresql" else ChangeFeed()
-        return cls(engine, backend, feed)
+        return cls(engine, backend, feed, group_commit=group_commit)
 
     def upgrade(self) -> None:
         """Migrate the schema to the newest revision (safe when several replicas start at once)."""
@@ -123,6 +128,8 @@ class Store:
             migrate.upgrade(self.engine, self.backend)
 
     def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
         self.feed.close()
         self.engine.dispose()
 
@@ -171,23 +178,26 @@ class Store:
         record = transition.record
         requester = record.request.requester.id
         key = record.request.idempotency_key
-        try:
-            with self._write() as tx:
-                if key is not None:
-                    self._raise_if_key_used(tx.conn, requester, key)
+
+        def write(tx: Write) -> None:
+            if key is not None:
+                self._raise_if_key_used(tx.conn, requester, key)
+            tx.conn.execute(
+                insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+            )
+            groups = _route_groups(record)
+            if groups:
                 tx.conn.execute(
-                    insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+                    insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
                 )
-                groups = _route_groups(record)
-                if groups:
-                    tx.conn.execute(
-                        insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
-                    )
-                self._save_grant(tx.conn, transition)
-                tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
-                self._write_outbox(tx.conn, transition)
-                self._append_events(tx.conn, transition.events)
-                tx.changed.add(record.id)
+            self._save_grant(tx.conn, transition)
+            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+            self._write_outbox(tx.conn, transition)
+            tx.append(transition.events)
+            tx.changed.add(record.id)
+
+        try:
+            self._commit(write, record.id)
         except IntegrityError as exc:
             # Two submits with one key raced (PostgreSQL): the later INSERT waited for the earlier commit
             # and then hit the unique constraint. Answer it like the sequential case.
@@ -203,18 +213,20 @@ class Store:
         Raises `ConcurrentUpdate` when the request moved on (or its grant was consumed) in the meantime,
         `NotFound` when there is no such request. Either way nothing is written.
         """
-        with self._write() as tx:
-            self._apply(tx, transition, expected_version)
+        self._commit(lambda tx: self._apply(tx, transition, expected_version), transition.record.id)
         return transition.record
 
     def set_response(self, request_id: str, response: dict[str, Any]) -> None:
         """Remember the first answer to a submit, replayed when the same idempotency key comes again."""
-        with self._write() as tx:
+
+        def write(tx: Write) -> None:
             result = tx.conn.execute(
                 update(requests).where(requests.c.id == request_id).values(response=_dump(response))
             )
             if result.rowcount == 0:
                 raise NotFound(f"no request {request_id}")
+
+        self._commit(write, request_id)
 
     def get(self, request_id: str) -> RequestRecord | None:
         with self._read() as conn:
@@ -350,7 +362,7 @@ class Store:
                 self._apply_many(tx, transitions)
         return len(rows), len(transitions)
 
-    def _apply_many(self, tx: _Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
+    def _apply_many(self, tx: Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
         """`_apply` for many transitions of rows this transaction holds: one executemany, one append."""
         updates = []
         for transition, expected_version in transitions:
@@ -377,7 +389,7 @@ class Store:
             new_events.extend(transition.events)
             tx.changed.add(transition.record.id)
         # One lock of the ledger head for the whole batch, and one COPY on PostgreSQL.
-        self._append_events(tx.conn, tuple(new_events))
+        tx.append(tuple(new_events))
 
     def events_for_request(self, request_id: str) -> list[StoredEvent]:
         with self._read() as conn:
@@ -390,8 +402,10 @@ class Store:
 
     def record_decision(self, decision: DecisionRecord) -> None:
         """A policy evaluation that is not part of a submit (e.g. a re-check when a grant is consumed)."""
-        with self._write() as tx:
-            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+        self._commit(
+            lambda tx: tx.conn.execute(insert(decision_records).values(**_decision_columns(decision))),
+            decision.request_id or "",
+        )
 
     def decisions(self, *, request_id: str | None = None, limit: int = 100) -> list[DecisionRecord]:
         query = select(decision_records).order_by(decision_records.c.ts, decision_records.c.id).limit(limit)
@@ -521,19 +535,41 @@ class Store:
 
     # --- transactions -------------------------------------------------------------------------------
 
+    def _commit(self, work: Callable[[Write], T], request_id: str) -> T:
+        """A write of a request's life: group-committed with the concurrent ones (`keyturn.store.commit`),
+        or in a transaction of its own when group commit is off. Returns once it is committed."""
+        if self.committer is None:
+            with self._write() as tx:
+                return work(tx)
+        with self._unavailable_on_operational_error():
+            return self.committer.run(work, request_id)
+
     @contextmanager
-    def _write(self) -> Iterator[_Write]:
+    def _write(self) -> Iterator[Write]:
         """One write transaction; the change feed hears about it only once it has committed."""
-        with self._unavailable_on_operational_error(), self.engine.connect() as conn:
+        with self._unavailable_on_operational_error(), self._transaction() as conn:
+            tx = Write(conn)
+            yield tx
+            self._seal(tx)
+        if tx.changed:
+            self.feed.after_commit(tx.changed)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction, committed on a clean exit. On SQLite it takes the write lock at BEGIN."""
+        with self.engine.connect() as conn:
             if self.backend == "sqlite":
                 conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
             with conn.begin():
-                tx = _Write(conn)
-                yield tx
-                if tx.changed:
-                    self.feed.before_commit(conn, tx.changed)
+                yield conn
+
+    def _seal(self, tx: Write) -> None:
+        """The end of every write transaction: its ledger events in one append (the ledger lock is taken
+        last and held only from here to the commit), then the change feed's part of the commit."""
+        if tx.events:
+            self._append_events(tx.conn, tuple(tx.events))
         if tx.changed:
-            self.feed.after_commit(tx.changed)
+            self.feed.before_commit(tx.conn, tx.changed)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -556,7 +592,7 @@ class Store:
 
     # --- the pieces of a transition -----------------------------------------------------------------
 
-    def _apply(self, tx: _Write, transition: workflow.Transition, expected_version: int) -> None:
+    def _apply(self, tx: Write, transition: workflow.Transition, expected_version: int) -> None:
         record = transition.record
         if record.version <= expected_version:
             raise StoreError(
@@ -578,7 +614,7 @@ class Store:
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
         self._save_grant(tx.conn, transition)
         self._write_outbox(tx.conn, transition)
-        self._append_events(tx.conn, transition.events)
+        tx.append(transition.events)
         tx.changed.add(record.id)
 
     def _write_outbox(self, conn: Connection, transition: workflow.Transition) -> None:
