@@ -430,6 +430,10 @@ class EventType(StrEnum):
     USER_TOKEN_REVOKED = "admin.user_token.revoked"
     SIGNING_KEY_ROTATED = "admin.signing_key.rotated"
     SIGNING_KEY_RETIRED = "admin.signing_key.retired"
+    # A user's passkeys (actor: the user). `passkey.registered` carries the public key every passkey-signed
+    # review of theirs is checked against by `keyturn ledger verify`.
+    PASSKEY_REGISTERED = "passkey.registered"
+    PASSKEY_REVOKED = "passkey.revoked"
 
 
 class Event(Frozen):

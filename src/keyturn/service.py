@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn import brokered, metrics, workflow
+from keyturn.accounts import Accounts
 from keyturn.config import Settings
 from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.grants import GrantError, GrantIssuer, verify_grant
@@ -48,6 +50,7 @@ from keyturn.store import (
     Store,
     Subscription,
 )
+from keyturn.store.outbox import Outbox, OutboxRow
 
 __all__ = [
     "Conflict",
@@ -65,6 +68,8 @@ __all__ = [
 log = logging.getLogger("keyturn")
 
 Clock = Callable[[], datetime]
+
+OUTBOX_PAGE = 200  # rows the console's outbox page shows per status
 
 _RETRIES = 8  # optimistic-concurrency retries of one review/cancel/consume before giving up
 
@@ -530,6 +535,29 @@ class Keyturn:
         if Role.AUDITOR not in principal.roles:
             raise Forbidden(f"{principal.id} does not have the auditor role")
         return self.live_ledger
+
+    # --- the console's facade: human accounts and the outbox (transports never reach the store) -----
+
+    @functools.cached_property
+    def accounts(self) -> Accounts:
+        """Console sessions, passkeys (ledgered), login ceremonies and linked chat accounts."""
+        return Accounts(self.store, self.clock)
+
+    def outbox_rows(self, principal: Principal, status: str) -> builtins.list[OutboxRow]:
+        """The outbox rows of `status` (pending: due or waiting for a retry; dead: gave up), newest first.
+        Admins only: a row names targets and carries the last error a channel answered."""
+        self._require_admin(principal)
+        return Outbox(self.store).list_rows(status=status, limit=OUTBOX_PAGE)
+
+    def retry_outbox(self, principal: Principal, row_id: str) -> None:
+        """Make a dead (or cancelled) row due again now, with its own id (a receiver recognises a replay)."""
+        self._require_admin(principal)
+        if not Outbox(self.store).retry([row_id], self.clock()):
+            raise NotFound(f"no dead outbox row {row_id}", {"field": "row"})
+
+    def _require_admin(self, principal: Principal) -> None:
+        if Role.ADMIN not in principal.roles:
+            raise Forbidden(f"{principal.id} does not have the admin role")
 
 
 # Which body field a refusal is about, so a client can point at it.

@@ -512,6 +512,13 @@ def _check_edit(
             )
         if edited_route.step_up and not route.step_up:
             raise EditRefused("the edited request would need a step-up approval; submit it as a new request")
+        # The record keeps the route it was submitted with, so an edit that policy would put on a tier with
+        # `signature: passkey` would otherwise be approved unsigned: refused, like a step-up it would need.
+        if edited_route.signature == "passkey" and route.signature != "passkey":
+            raise EditRefused(
+                "the edited request would need passkey-signed approvals (signature: passkey); "
+                "submit it as a new request"
+            )
     # The request keeps the redactions it was submitted with: an edit that policy would redact differently
     # could show a value in clear that the edited request must hide.
     hidden = sorted(set(verdict.redactions) - set(record.verdict.redactions))

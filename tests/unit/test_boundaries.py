@@ -72,6 +72,37 @@ def test_no_router_imports_the_store_or_reaches_past_the_service() -> None:
     assert problems == [], problems
 
 
+def test_no_router_takes_a_store_name_through_a_re_export() -> None:
+    # `from keyturn.identity.sessions import SqlConsoleRepository` imports no `keyturn.store` module by name,
+    # yet hands a router the store: every name a router imports must be defined outside the store.
+    import importlib
+
+    routers = [p for p in _python_files(SRC / "server") if p.parent.name != "server"]
+    problems = []
+    for path in routers:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("keyturn"):
+                continue
+            module = importlib.import_module(node.module or "")
+            for alias in node.names:
+                found = getattr(module, alias.name, None)
+                home = getattr(found, "__module__", None) or getattr(found, "__name__", "")
+                if home.startswith("keyturn.store"):
+                    problems.append(f"{path.name}:{node.lineno} takes {alias.name} from {home}")
+    assert problems == [], problems
+
+
+def test_the_console_reaches_accounts_through_the_service() -> None:
+    # The console used to hold the store's repository (`con.repository.passkeys(...)`): every account
+    # operation now goes through `svc.accounts`, the service's facade, which writes the ledger too.
+    problems = []
+    for path in _python_files(SRC / "server" / "console"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("repository", "_console", "_chat"):
+                problems.append(f"{path.name}:{node.lineno} reaches .{node.attr}")
+    assert problems == [], problems
+
+
 def test_the_pure_modules_import_no_io_layer() -> None:
     pure = [SRC / "workflow.py", SRC / "model.py", SRC / "views.py", *_python_files(SRC / "policy")]
     problems = []

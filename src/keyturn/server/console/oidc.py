@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from keyturn.accounts import Accounts
 from keyturn.config import ConsoleSettings, IssuerSettings
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.oidc import IssuerVerifier
-from keyturn.identity.sessions import PendingLogin, SqlConsoleRepository
 from keyturn.model import Authentication, AuthMethod, Principal
 
 if TYPE_CHECKING:
@@ -51,9 +51,9 @@ class OidcLogin:
 
 
 class OidcLoginFlow:
-    def __init__(self, login: OidcLogin, repository: SqlConsoleRepository, http: httpx.AsyncClient) -> None:
+    def __init__(self, login: OidcLogin, accounts: Accounts, http: httpx.AsyncClient) -> None:
         self.login = login
-        self.repository = repository
+        self.accounts = accounts
         self._http = http
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
@@ -74,20 +74,17 @@ class OidcLoginFlow:
         url, _ = client.create_authorization_url(
             metadata["authorization_endpoint"], state=state, code_verifier=verifier, **extra
         )
-        self.repository.add_login(
-            PendingLogin(
-                state=state,
-                nonce=nonce,
-                code_verifier=verifier,
-                return_to=return_to + (f"#max_age={max_age}" if max_age is not None else ""),
-                created_at=datetime.now(UTC),
-            )
+        self.accounts.begin_ceremony(
+            state,
+            nonce=nonce,
+            code_verifier=verifier,
+            return_to=return_to + (f"#max_age={max_age}" if max_age is not None else ""),
         )
         return str(url)
 
     async def finish(self, state: str, code: str) -> tuple[Principal, str]:
         """Exchange the code, verify the ID token; returns the principal and where to go next."""
-        pending = self.repository.take_login(state)
+        pending = self.accounts.take_ceremony(state)
         if pending is None:
             raise LoginFailed("this login link was used already or is unknown; start again")
         if (datetime.now(UTC) - pending.created_at).total_seconds() > 600:
