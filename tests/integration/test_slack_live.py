@@ -11,49 +11,24 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
-from conftest import fresh_postgres_schema
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind
 from keyturn.channels.slack import APPROVE, DENY
 from keyturn.store import Store
 from support.live import keyturn_executable
-from support.slack_live import MALLORY, NEWBIE, PEOPLE, SlackWorld
+from support.slack_live import MALLORY, NEWBIE, PEOPLE, SlackWorld, Worlds
 
 ALICE_U, SAM_U, OLIVIA_U = "U0ALICE", "U0SAM", "U0OLIVIA"
 ALICE = PEOPLE[ALICE_U]
 
 
-class Worlds:
-    def __init__(self, tmp: pytest.TempPathFactory) -> None:
-        self.tmp = tmp
-        self.started: dict[str, SlackWorld] = {}
-        self.schemas = ExitStack()
-
-    def get(self, backend: str) -> SlackWorld:
-        if backend not in self.started:
-            url = self.schemas.enter_context(fresh_postgres_schema()) if backend == "postgresql" else None
-            world = SlackWorld.start(self.tmp.mktemp(f"slack-{backend}"), url)
-            self.started[backend] = world
-            world.link_everyone()
-        return self.started[backend]
-
-    def close(self) -> None:
-        for world in self.started.values():
-            world.stop()
-        self.schemas.close()
-
-
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
-    started = Worlds(tmp_path_factory)
-    try:
+    with Worlds.opened(tmp_path_factory, "slack") as started:
         yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

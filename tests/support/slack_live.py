@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from conftest import fresh_postgres_schema
 from keyturn.channels.base import Delivery, DeliveryKind, MessageRef
 from keyturn.channels.slack import APPROVE, SlackChannel
 from keyturn.config import SecretSettings, SlackSettings
@@ -250,3 +254,35 @@ class SlackWorld:
             )
         finally:
             store.close()
+
+
+class Worlds:
+    """One linked `SlackWorld` per backend, started on first use and shared by a test module's tests."""
+
+    def __init__(self, tmp: pytest.TempPathFactory, prefix: str) -> None:
+        self.tmp = tmp
+        self.prefix = prefix
+        self.started: dict[str, SlackWorld] = {}
+        self.schemas = ExitStack()
+
+    @classmethod
+    @contextmanager
+    def opened(cls, tmp: pytest.TempPathFactory, prefix: str) -> Iterator[Worlds]:
+        worlds = cls(tmp, prefix)
+        try:
+            yield worlds
+        finally:
+            worlds.close()
+
+    def get(self, backend: str) -> SlackWorld:
+        if backend not in self.started:
+            url = self.schemas.enter_context(fresh_postgres_schema()) if backend == "postgresql" else None
+            world = SlackWorld.start(self.tmp.mktemp(f"{self.prefix}-{backend}"), url)
+            self.started[backend] = world
+            world.link_everyone()
+        return self.started[backend]
+
+    def close(self) -> None:
+        for world in self.started.values():
+            world.stop()
+        self.schemas.close()
