@@ -67,6 +67,14 @@ POLICY = (
     quorum: 1
     approvers: [sre]
     step_up: true
+  - name: releases are reviewed in Slack
+    match: {action: release.publish}
+    decision: review
+    quorum: 1
+    approvers: [sre]
+    editable: [params.percent]
+    redact: [params.api_token]
+    notify: ["slack:#ops-approvals"]
 """
 )
 
@@ -153,6 +161,23 @@ class SlackWorld:
         ref = asyncio.run(self.channel().post(delivery))
         assert isinstance(ref, MessageRef)
         return ref.conversation, ref.message_id
+
+    def posted_card(self, request_id: str, timeout: float = 30.0) -> tuple[str, str, dict[str, Any]]:
+        """(channel id, ts, message) of the card the server's own outbox posted for the request."""
+
+        def found(fake: FakeSlack) -> tuple[str, str, dict[str, Any]] | None:
+            for call in fake.calls:  # under the fake's lock (wait_for holds it)
+                if (
+                    call.method == "chat.postMessage"
+                    and call.answer.get("ok")
+                    and request_id in str(call.args)
+                ):
+                    channel, ts = call.answer["channel"], call.answer["ts"]
+                    return channel, ts, fake.messages[channel][ts]
+            return None
+
+        posted: tuple[str, str, dict[str, Any]] = self.fake.wait_for(found, timeout)
+        return posted
 
     def submit(self, who: str = "agent:deploy-bot", **body: Any) -> dict[str, Any]:
         body.setdefault("action", "db.export")
