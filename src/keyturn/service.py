@@ -50,9 +50,11 @@ from keyturn.store import (
     Store,
     Subscription,
 )
+from keyturn.store.chat import ChatAccounts, ChatLink, LinkCodeInvalid
 from keyturn.store.outbox import Outbox, OutboxRow
 
 __all__ = [
+    "ChatLink",
     "Conflict",
     "Consumed",
     "Forbidden",
@@ -558,6 +560,45 @@ class Keyturn:
     def _require_admin(self, principal: Principal) -> None:
         if Role.ADMIN not in principal.roles:
             raise Forbidden(f"{principal.id} does not have the admin role")
+
+    # --- chat channels: linked chat accounts, replay guard, the request a card shows -----------------
+
+    @functools.cached_property
+    def _chat_accounts(self) -> ChatAccounts:
+        return ChatAccounts(self.store)
+
+    def chat_account(self, provider: str, team_id: str, user_id: str) -> ChatLink | None:
+        """The principal a chat account is linked to (groups are never stored: look them up at review)."""
+        return self._chat_accounts.link(provider, team_id, user_id)
+
+    def link_chat_account_by_email(
+        self, provider: str, team_id: str, user_id: str, principal_id: str
+    ) -> ChatLink:
+        """Link an account whose e-mail the chat provider verified; the caller checked the admin allows it."""
+        link = ChatLink(provider, team_id, user_id, principal_id, "email", self.clock())
+        self._chat_accounts.save_link(link)
+        return link
+
+    def chat_link_code(self, provider: str, team_id: str, user_id: str, ttl: timedelta) -> str:
+        """A one-time code the chat user redeems while logged in (`redeem_chat_link_code`)."""
+        return self._chat_accounts.new_code(provider, team_id, user_id, self.clock(), ttl)
+
+    def redeem_chat_link_code(self, principal: Principal, code: str) -> ChatLink:
+        """Link the code's chat account to the authenticated `principal` who presents it."""
+        try:
+            return self._chat_accounts.redeem(code, principal.id, self.clock())
+        except LinkCodeInvalid as exc:
+            raise ServiceError(str(exc), {"code": "invalid_link_code", "field": "body.code"}) from exc
+
+    def first_chat_delivery(self, signature: str, timestamp: str) -> bool:
+        """True the first time a signed chat request (or Socket Mode envelope) is seen on any replica."""
+        return self._chat_accounts.first_sight(signature, timestamp, self.clock())
+
+    def request_on_card(self, request_id: str) -> RequestRecord | None:
+        """The request a verified chat click names, whoever clicked: the card already showed it to that
+        conversation, and the clicker must be told the workflow's precise reason or the real outcome
+        (`get` answers "no request" to anyone who may not read it). Decisions still go through `review`."""
+        return self.store.get(request_id)
 
 
 # Which body field a refusal is about, so a client can point at it.
