@@ -58,13 +58,17 @@ def dump():
     out = {}
     for f in yappi.get_func_stats():
         key = f.module + "|" + f.name.split(".")[-1]
-        total, calls = out.get(key, (0.0, 0))
-        out[key] = (total + f.ttot, calls + f.ncall)
+        total, calls, own = out.get(key, (0.0, 0, 0.0))
+        out[key] = (total + f.ttot, calls + f.ncall, own + f.tsub)
+    for t in yappi.get_thread_stats():
+        out["thread|" + t.name + "|" + str(t.id)] = (t.ttot, t.sched_count, t.ttot)
     with open(STATS, "w") as fh:
         json.dump(out, fh)
 atexit.register(dump)
 # uvicorn raises the signal again once it has shut down: exit normally then, so atexit runs
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+# SIGUSR1 after the warm-up: start and imports out of the figures
+signal.signal(signal.SIGUSR1, lambda *_: yappi.clear_stats())
 sys.argv = ["keyturn", *sys.argv[2:]]
 from keyturn.entry import main
 main()
@@ -90,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--top", type=int, default=0, help="also list the N functions of most own CPU")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -99,6 +104,8 @@ def main() -> None:
         stats = Path(tmp) / "stats.json"
         process = profiled_server(server, stats)
         stack.callback(server.stop)
+        drive(server.url, server.tokens[AGENT], 4, 2.0, 200)  # warm up
+        process.send_signal(signal.SIGUSR1)
         done = drive(server.url, server.tokens[AGENT], args.connections, args.seconds, 1 << 30)
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -115,6 +122,19 @@ def main() -> None:
         matches = [v for k, v in functions.items() if k.endswith(f"{module}|{function}")]
         return sum(m[0] for m in matches), sum(m[1] for m in matches)
 
+    threads = {k: v for k, v in functions.items() if k.startswith("thread|")}
+    process = sum(v[0] for v in threads.values())
+    print(f"| the whole process (all threads) | {1000 * process / submits:.2f} ms | |")
+    by_name: dict[str, float] = {}
+    for key, (seconds, _, _) in threads.items():
+        by_name[key.split("|")[1]] = by_name.get(key.split("|")[1], 0.0) + seconds
+    for name, seconds in sorted(by_name.items(), key=lambda item: -item[1])[:6]:
+        print(f"|   threads {name} | {1000 * seconds / submits:.2f} ms | |")
+    ranked = sorted(functions.items(), key=lambda item: -item[1][2])
+    for key, (_, calls, own) in [r for r in ranked if not r[0].startswith("thread|")][: args.top]:
+        print(
+            f"|   own CPU {key.rsplit('/', 1)[-1]} | {1000 * own / submits:.2f} ms | {calls / submits:.1f} calls |"
+        )
     # the handler and its authentication dependency run as two calls in the thread pool
     whole = LAYERS[0][1:], LAYERS[1][1:]
     whole_seconds = sum(inclusive(*layer)[0] for layer in whole)
