@@ -46,6 +46,8 @@ LAYERS: tuple[tuple[str, str, str], ...] = (
     ("key ring redactor look-ups (stat + listdir)", "keyturn/signing_keys.py", "redactor"),
     ("canonical JSON, all of it", "keyturn/model.py", "canonical_json"),
     ("Keyturn.redactor (per call)", "keyturn/service.py", "redactor"),
+    ("outbox dispatcher: claim", "keyturn/store/outbox.py", "claim"),
+    ("outbox dispatcher: next_due", "keyturn/store/outbox.py", "next_due"),
 )
 
 LAUNCHER = """
@@ -133,7 +135,8 @@ def main() -> None:
     ranked = sorted(functions.items(), key=lambda item: -item[1][2])
     for key, (_, calls, own) in [r for r in ranked if not r[0].startswith("thread|")][: args.top]:
         print(
-            f"|   own CPU {key.rsplit('/', 1)[-1]} | {1000 * own / submits:.2f} ms | {calls / submits:.1f} calls |"
+            f"|   own CPU {key.rsplit('/', 1)[-1]} | {1000 * own / submits:.2f} ms "
+            f"| {calls / submits:.1f} calls |"
         )
     # the handler and its authentication dependency run as two calls in the thread pool
     whole = LAYERS[0][1:], LAYERS[1][1:]
