@@ -57,6 +57,7 @@ __all__ = [
     "NotFound",
     "ServiceError",
     "Submission",
+    "Submitted",
     "Unavailable",
     "Unprocessable",
 ]
@@ -98,6 +99,12 @@ class Consumed:
     record: RequestRecord
     params: dict[str, Any]
     secrets: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    record: RequestRecord
+    consumed: Consumed | None = None  # this call consumed the grant (`Keyturn.submit_and_execute`)
 
 
 class Keyturn:
@@ -148,6 +155,18 @@ class Keyturn:
     # --- submit -------------------------------------------------------------------------------------
 
     def submit(self, principal: Principal, submission: Submission) -> RequestRecord:
+        return self._submit(principal, submission, execute=False).record
+
+    def submit_and_execute(self, principal: Principal, submission: Submission) -> Submitted:
+        """`submit`, and for an action policy allows outright, its grant consumed by the caller in the same
+        store write (`workflow.submit_and_consume`): one durable round trip for the common case.
+
+        `Submitted.consumed` is set only when this very call consumed the grant: a replay of the same
+        idempotency key answers the stored request without it, so it never hands out a second execution.
+        """
+        return self._submit(principal, submission, execute=True)
+
+    def _submit(self, principal: Principal, submission: Submission, *, execute: bool) -> Submitted:
         request = ActionRequest(
             action=submission.action,
             resource=submission.resource,
@@ -161,9 +180,14 @@ class Keyturn:
         )
         now = self.clock()
         verdict = self.evaluate(request)
-        transition = workflow.submit(
-            new_request_id(), request, verdict, now, new_grant_id(), redactor=self.redactor
-        )
+        request_id, grant_id = new_request_id(), new_grant_id()
+        step = workflow.submit_and_consume if execute else workflow.submit
+        transition = step(request_id, request, verdict, now, grant_id, redactor=self.redactor)
+        handed_over = self._secrets_for(transition)
+        if (
+            handed_over is None
+        ):  # as consume does: a secret the server cannot hand over leaves the grant unused
+            transition = workflow.submit(request_id, request, verdict, now, grant_id, redactor=self.redactor)
         decision = DecisionRecord(
             ts=now,
             request_id=transition.record.id,
@@ -181,9 +205,22 @@ class Keyturn:
                     "this idempotency_key was already used for a different request",
                     {"field": "idempotency_key", "request_id": original.id},
                 ) from None
-            return original
+            return Submitted(original)
         metrics.REQUESTS.labels(decision=verdict.decision.value).inc()
-        return record
+        if record.status is not Status.EXECUTING:
+            return Submitted(record)
+        metrics.GRANTS.labels(outcome="consumed").inc()
+        return Submitted(record, Consumed(record, _approved_params(record), handed_over or {}))
+
+    def _secrets_for(self, transition: workflow.Transition) -> dict[str, str] | None:
+        """The brokered secrets a consuming transition hands over; None when one of them has no value."""
+        record = transition.record
+        if record.status is not Status.EXECUTING or not record.verdict.brokered_secrets:
+            return {}
+        try:
+            return brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets)
+        except Unavailable:
+            return None
 
     # --- read ---------------------------------------------------------------------------------------
 
@@ -351,8 +388,7 @@ class Keyturn:
             metrics.GRANTS.labels(outcome="refused").inc()
             raise Forbidden(not_holder[0].message, {"code": not_holder[0].code, "field": "grant"})
         metrics.GRANTS.labels(outcome="consumed").inc()
-        params = record.approved_params if record.approved_params is not None else record.request.params
-        return Consumed(record=record, params=params, secrets=handed_over)
+        return Consumed(record=record, params=_approved_params(record), secrets=handed_over)
 
     def report_result(
         self,
@@ -519,6 +555,10 @@ def _service_error(exc: workflow.WorkflowError) -> ServiceError:
     if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester | workflow.NotExecutor):
         return Forbidden(exc.message, detail)
     return Conflict(exc.message, detail)
+
+
+def _approved_params(record: RequestRecord) -> dict[str, Any]:
+    return record.approved_params if record.approved_params is not None else record.request.params
 
 
 def merge_params(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

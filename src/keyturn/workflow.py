@@ -738,6 +738,37 @@ def consume_grant(
         or grant.params_digest != params_digest(approved)
     ):
         raise GrantMismatch("the grant's action, resource or params digest does not match what was approved")
+    return _consumed(record, grant, executor, now, redactor)
+
+
+def submit_and_consume(
+    request_id: str,
+    request: ActionRequest,
+    verdict: Verdict,
+    now: datetime,
+    grant_id: str,
+    *,
+    redactor: Redactor = UNKEYED,
+) -> Transition:
+    """`submit`, and when policy allows the action and the requester holds the grant, `consume_grant` by
+    the requester in the same transition: one durable write for an allowed action the caller runs now.
+
+    The events are both transitions' (submitted, allowed, grant issued, grant consumed), so the ledger
+    tells the same story as the two-step path. Any other verdict, or a grant bound to other executors,
+    gives exactly `submit`'s transition: the grant is then consumed (or waited for) as usual.
+    """
+    submitted = submit(request_id, request, verdict, now, grant_id, redactor=redactor)
+    record, grant = submitted.record, submitted.record.grant
+    if record.status is not Status.ALLOWED or grant is None or not may_consume(record, request.requester):
+        return submitted
+    consumed = _consumed(record, grant, request.requester, now, redactor)
+    return Transition(consumed.record, submitted.events + consumed.events)
+
+
+def _consumed(
+    record: RequestRecord, grant: GrantRecord, executor: Principal, now: datetime, redactor: Redactor
+) -> Transition:
+    """The consumption itself, once every check of `consume_grant` passed."""
     record = _bump(
         record,
         now,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 TABLES = {
     "requests",
     "request_groups",
+    "pending_route_groups",
     "grants",
     "events",
     "ledger_head",
@@ -48,7 +49,7 @@ def test_upgrade_creates_the_schema_on_an_empty_database(database_url: str) -> N
         assert current_revision(store.engine) is None
         assert set(inspect(store.engine).get_table_names()) == set()
         store.upgrade()
-        assert current_revision(store.engine) == head_revision() == "0008_outbox"
+        assert current_revision(store.engine) == head_revision() == "0009_queue_index"
         assert set(inspect(store.engine).get_table_names()) == TABLES
         with store.engine.connect() as conn:
             assert conn.execute(select(ledger_head)).all() == [(1, 0)]
@@ -140,3 +141,45 @@ def test_0007_backfills_the_tier_of_pending_requests(database_url: str) -> None:
         with store.engine.connect() as conn:
             tiers = dict(conn.execute(text("SELECT id, tier FROM requests")).all())
     assert tiers == {"r1": "critical", "r2": None}  # decided requests need no tier
+
+
+def test_0009_indexes_the_groups_of_pending_requests_only(database_url: str) -> None:
+    from alembic import command
+
+    from keyturn.store.migrate import alembic_config
+
+    with Store.open(database_url) as store:
+        with store.engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0008_outbox")
+            for request_id, status, groups in (
+                ("r1", "pending", ["sre", "security"]),
+                ("r2", "approved", ["sre"]),
+                ("r3", "pending", []),
+                ("r4", "pending", ["dba"]),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO requests (id, status, action, resource, requester, created_at, "
+                        "updated_at, version, record) VALUES (:id, :status, 'a.b', '', 'agent:x', "
+                        "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1, '{}')"
+                    ),
+                    {"id": request_id, "status": status},
+                )
+                for group in groups:
+                    conn.execute(
+                        text('INSERT INTO request_groups (request_id, "group") VALUES (:id, :group)'),
+                        {"id": request_id, "group": group},
+                    )
+        store.upgrade()
+        with store.engine.connect() as conn:
+            indexed = set(conn.execute(text('SELECT "group", request_id FROM pending_route_groups')).all())
+            same_time = conn.execute(
+                text(
+                    "SELECT count(*) FROM pending_route_groups p JOIN requests r ON r.id = p.request_id "
+                    "WHERE p.created_at = r.created_at"
+                )
+            ).scalar_one()
+    assert indexed == {("sre", "r1"), ("security", "r1"), ("dba", "r4")}
+    assert same_time == 3  # created_at copied as stored: the keyset order of the index is the requests'

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keyturn.commands.output import failure
 from keyturn.ledger.note import NoteError, VerifierKey
 from keyturn.ledger.verify import CheckpointSource
 
@@ -35,6 +34,15 @@ KeyOption = Annotated[
     list[str] | None, typer.Option("--key", help="trusted verifier key name+hash+base64 (repeatable)")
 ]
 ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
+
+
+def failure(message: str, code: int = 2, hint: str | None = None) -> typer.Exit:
+    """`keyturn.commands.output.failure` (same defaults), imported only when there is an error to print:
+    it loads `rich`, which a passing `keyturn ledger verify` (run per bundle by auditors' scripts) never
+    needs."""
+    from keyturn.commands.output import failure as report
+
+    return report(message, code, hint)
 
 
 def _trusted(keys: list[str] | None) -> list[VerifierKey]:

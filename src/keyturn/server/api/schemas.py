@@ -76,7 +76,9 @@ class Body(BaseModel):
         return value
 
 
-class SubmitBody(Body):
+class ActionBody(Body):
+    """What an action request says: submitted as it is, or evaluated as a dry run."""
+
     action: str = Field(min_length=1, max_length=200, pattern=ACTION_PATTERN, examples=["db.export"])
     resource: str = Field(default="", max_length=2000, examples=["postgres://prod/customers"])
     params: dict[str, Any] = Field(default_factory=dict)
@@ -98,13 +100,24 @@ class SubmitBody(Body):
         return None if value is None else canonical_principal_id(value)
 
 
+class SubmitBody(ActionBody):
+    execute: bool = Field(
+        default=False,
+        description=(
+            "when policy allows the action outright, consume its grant in the same transaction and "
+            "answer with `execution` (what POST /v1/grants/consume answers); pending and denied "
+            "answers are unchanged"
+        ),
+    )
+
+
 class RequesterBody(Body):
     id: str = Field(min_length=1, max_length=320)
     kind: Literal["agent", "human"] = "agent"
     groups: list[str] = Field(default_factory=list, max_length=100)
 
 
-class EvaluateBody(SubmitBody):
+class EvaluateBody(ActionBody):
     requester: RequesterBody | None = Field(
         default=None, description="simulate another principal; defaults to the caller"
     )
