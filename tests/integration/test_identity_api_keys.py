@@ -14,6 +14,7 @@ from keyturn.identity.api_keys import ApiKeyRecord, generate_api_key
 from keyturn.model import PrincipalKind
 from keyturn.redact import looks_like_secret
 from keyturn.store import SqlApiKeyRepository, Store
+from keyturn.store.api_keys import AUTH_CACHE_SECONDS
 
 NOW = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
 
@@ -93,6 +94,29 @@ def test_revoked_key_is_refused_at_once(auth: Authenticator, repository: SqlApiK
     with pytest.raises(AuthenticationError, match="invalid or revoked"):
         auth.authenticate(None, plaintext)
     assert auth.authenticate(None, keep).id == "agent:other"
+
+
+def test_a_key_revoked_elsewhere_is_refused_within_the_cache_bound(
+    store: Store, repository: SqlApiKeyRepository, database_url: str
+) -> None:
+    """Authentication reuses a key read for AUTH_CACHE_SECONDS (no SELECT per request); a revocation by
+    another process (the CLI, another replica: another store object on the same database) is refused once
+    that bound has passed, never later."""
+    plaintext, record = create(repository)
+    clock = [1000.0]
+    cached = Authenticator(api_keys=SqlApiKeyRepository(store, monotonic=lambda: clock[0]))
+    assert cached.authenticate(None, plaintext).id == "agent:deploy-bot"
+    elsewhere = Store.open(database_url)
+    try:
+        assert SqlApiKeyRepository(elsewhere).revoke(record.key_id)
+    finally:
+        elsewhere.close()
+    clock[0] += AUTH_CACHE_SECONDS / 2
+    # still within the bound: the key read before the revocation is reused, no database read
+    assert cached.authenticate(None, plaintext).id == "agent:deploy-bot"
+    clock[0] += AUTH_CACHE_SECONDS / 2
+    with pytest.raises(AuthenticationError, match="invalid or revoked"):
+        cached.authenticate(None, plaintext)
 
 
 def test_missing_and_conflicting_credentials(auth: Authenticator, repository: SqlApiKeyRepository) -> None:

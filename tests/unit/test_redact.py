@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from keyturn import redact as redact_module
 from keyturn.redact import (
     UNKEYED,
     RedactionKey,
@@ -207,3 +209,50 @@ def test_a_route_named_value_is_digested_once_in_the_ledger_as_in_the_view() -> 
         == change["after"]["connection_string"]
         == {"redacted": expected}
     )
+
+
+class _CountingPattern:
+    """Wraps the redactor's RE2 automaton and counts the scans made with it."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+        self.searches = 0
+
+    def search(self, text: str) -> Any:
+        self.searches += 1
+        return self.pattern.search(text)
+
+    def finditer(self, text: str) -> Any:
+        return self.pattern.finditer(text)
+
+
+def _clean_view(strings: int) -> dict[str, Any]:
+    return {
+        "id": "req_0001",
+        "params": {f"field_{i}": f"an ordinary value number {i}" for i in range(strings)},
+        "context": {"tool": "Read", "lines": [1, 200]},
+    }
+
+
+def test_a_document_without_credentials_is_scanned_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One RE2 scan of all strings joined, not one per string: the wrapper's per-call cost was most of a
+    submit's redaction (issue #12)."""
+    counting = _CountingPattern(redact_module._ANY_SECRET)
+    monkeypatch.setattr(redact_module, "_ANY_SECRET", counting)
+    document = _clean_view(40)
+    assert UNKEYED.document(document, ()) == document
+    assert counting.searches == 1
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_the_single_scan_finds_what_scanning_each_string_finds(name: str) -> None:
+    """Among 40 clean strings, each credential format is still found, in its own string and only there;
+    and every near-miss stays readable: the joined scan never changes which strings are redacted."""
+    text, _ = SECRETS[name]
+    document = _clean_view(40)
+    document["params"]["field_17"] = text
+    document["context"]["near_misses"] = sorted(NEAR_MISSES.values())
+    redacted = UNKEYED.document(document, ())
+    assert redacted["params"]["field_17"] == {"redacted": value_digest(text)}
+    del redacted["params"]["field_17"], document["params"]["field_17"]
+    assert redacted == document

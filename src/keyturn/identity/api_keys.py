@@ -23,6 +23,11 @@ INVALID_KEY = "invalid or revoked API key"
 class ApiKeyRepository(Protocol):
     def get(self, key_id: str) -> ApiKeyRecord | None: ...
 
+    def get_recent(self, key_id: str) -> ApiKeyRecord | None:
+        """`get`, or a copy read a few seconds ago at most: the bound on how late a revocation made
+        elsewhere takes effect (`keyturn.store.api_keys.AUTH_CACHE_SECONDS`)."""
+        ...
+
     def add(self, record: ApiKeyRecord) -> None: ...
 
     def revoke(self, key_id: str) -> bool: ...
@@ -52,7 +57,7 @@ def authenticate_api_key(repository: ApiKeyRepository, plaintext: str) -> Princi
     parsed = parse_token(plaintext)
     if parsed is None or parsed[0] != API_KEY_PREFIX:
         raise AuthenticationError(INVALID_KEY)
-    record = repository.get(parsed[1])
+    record = repository.get_recent(parsed[1])
     if record is None:
         token_matches(plaintext, "sha256:" + "0" * 64)  # same work as a real check
         raise AuthenticationError(INVALID_KEY)

@@ -102,6 +102,32 @@ MIN_FREE_BYTES = 1 << 20
 DUE_BATCH_SIZE = 200
 DUE_TIME_BUDGET = 5.0
 
+# The statements of the transition path, built once: constructing a Core statement per call (`insert(…)
+# .values(**columns)`, `update(…).where(…)`) cost more CPU than executing it (issue #12's profile). Values
+# travel as execute parameters; SQLAlchemy compiles each of these once per engine and reuses it.
+_INSERT_REQUEST = insert(requests)
+_INSERT_REQUEST_GROUPS = insert(request_groups)
+_INSERT_GRANT = insert(grants)
+_INSERT_DECISION = insert(decision_records)
+_INSERT_EVENTS = insert(events)
+_REQUEST_BY_ID = select(requests.c.record).where(requests.c.id == bindparam("b_id"))
+_REQUEST_VERSION = select(requests.c.version).where(requests.c.id == bindparam("b_id"))
+# SET takes the columns named in the parameters (all but the immutable ones); WHERE the b_ parameters.
+_UPDATE_REQUEST = update(requests).where(
+    requests.c.id == bindparam("b_id"), requests.c.version == bindparam("b_version")
+)
+_GRANT_CONSUMED_AT = select(grants.c.consumed_at).where(grants.c.id == bindparam("b_id"))
+_CONSUME_GRANT = (
+    update(grants)
+    .where(grants.c.id == bindparam("b_id"), grants.c.consumed_at.is_(None))
+    .values(consumed_at=bindparam("b_consumed_at"), consumed_by=bindparam("b_consumed_by"))
+)
+_LOCK_LEDGER_HEAD = select(ledger_head.c.next_seq).where(ledger_head.c.id == 1).with_for_update()
+_ADVANCE_LEDGER_HEAD = (
+    update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=bindparam("b_next_seq"))
+)
+_EVENT_COLUMNS = ("seq", "ts", "type", "actor", "request_id", "payload", "leaf_hash")
+
 
 class Store:
     def __init__(
@@ -188,16 +214,16 @@ class Store:
             if key is not None:
                 self._raise_if_key_used(tx.conn, requester, key)
             tx.conn.execute(
-                insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+                _INSERT_REQUEST, {**_request_columns(record), "response": _dump_optional(response)}
             )
             groups = _route_groups(record)
             if groups:
                 tx.conn.execute(
-                    insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
+                    _INSERT_REQUEST_GROUPS, [{"request_id": record.id, "group": g} for g in groups]
                 )
                 _index_pending(tx.conn, record, groups)
-            self._save_grant(tx.conn, transition)
-            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+            self._save_grant(tx.conn, transition, new_request=True)
+            tx.conn.execute(_INSERT_DECISION, _decision_columns(decision))
             self._write_outbox(tx.conn, transition)
             tx.append(transition.events)
             tx.changed.add(record.id)
@@ -236,7 +262,7 @@ class Store:
 
     def get(self, request_id: str) -> RequestRecord | None:
         with self._read() as conn:
-            stored_json = conn.execute(select(requests.c.record).where(requests.c.id == request_id)).scalar()
+            stored_json = conn.execute(_REQUEST_BY_ID, {"b_id": request_id}).scalar()
         return None if stored_json is None else RequestRecord.model_validate_json(stored_json)
 
     def get_response(self, request_id: str) -> dict[str, Any] | None:
@@ -397,7 +423,7 @@ class Store:
     def record_decision(self, decision: DecisionRecord) -> None:
         """A policy evaluation that is not part of a submit (e.g. a re-check when a grant is consumed)."""
         self._commit(
-            lambda tx: tx.conn.execute(insert(decision_records).values(**_decision_columns(decision))),
+            lambda tx: tx.conn.execute(_INSERT_DECISION, _decision_columns(decision)),
             decision.request_id or "",
         )
 
@@ -597,12 +623,10 @@ class Store:
         for immutable in _IMMUTABLE_COLUMNS:
             del columns[immutable]
         result = tx.conn.execute(
-            update(requests)
-            .where(requests.c.id == record.id, requests.c.version == expected_version)
-            .values(**columns)
+            _UPDATE_REQUEST, {**columns, "b_id": record.id, "b_version": expected_version}
         )
         if result.rowcount == 0:
-            current = tx.conn.execute(select(requests.c.version).where(requests.c.id == record.id)).scalar()
+            current = tx.conn.execute(_REQUEST_VERSION, {"b_id": record.id}).scalar()
             if current is None:
                 raise NotFound(f"no request {record.id}")
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
@@ -620,24 +644,28 @@ class Store:
         if plan:
             write_plan(conn, plan, transition.record.id, transition.record.updated_at)
 
-    def _save_grant(self, conn: Connection, transition: workflow.Transition) -> None:
+    def _save_grant(
+        self, conn: Connection, transition: workflow.Transition, *, new_request: bool = False
+    ) -> None:
+        """`new_request`: the request is being inserted, so any grant it has is issued by this transition."""
         record = transition.record
         grant = record.grant
         if grant is None:
             return
         consumed_by = record.executor if grant.consumed_at is not None else None
-        stored = conn.execute(select(grants.c.consumed_at).where(grants.c.id == grant.id)).first()
+        stored = None if new_request else conn.execute(_GRANT_CONSUMED_AT, {"b_id": grant.id}).first()
         if stored is None:  # issued by this transition
             conn.execute(
-                insert(grants).values(
-                    id=grant.id,
-                    request_id=record.id,
-                    params_digest=grant.params_digest,
-                    issued_at=grant.issued_at,
-                    expires_at=grant.expires_at,
-                    consumed_at=grant.consumed_at,
-                    consumed_by=consumed_by,
-                )
+                _INSERT_GRANT,
+                {
+                    "id": grant.id,
+                    "request_id": record.id,
+                    "params_digest": grant.params_digest,
+                    "issued_at": grant.issued_at,
+                    "expires_at": grant.expires_at,
+                    "consumed_at": grant.consumed_at,
+                    "consumed_by": consumed_by,
+                },
             )
             return
         consumes = any(e.type is EventType.GRANT_CONSUMED for e in transition.events)
@@ -646,9 +674,8 @@ class Store:
         # The version check already makes this exactly-once; the grant row guards it a second time, so a
         # grant can never be consumed twice even by a write that bypassed the request's version.
         result = conn.execute(
-            update(grants)
-            .where(grants.c.id == grant.id, grants.c.consumed_at.is_(None))
-            .values(consumed_at=grant.consumed_at, consumed_by=consumed_by)
+            _CONSUME_GRANT,
+            {"b_id": grant.id, "b_consumed_at": grant.consumed_at, "b_consumed_by": consumed_by},
         )
         if result.rowcount == 0:
             raise ConcurrentUpdate(f"grant {grant.id} was already consumed")
@@ -657,9 +684,7 @@ class Store:
         if not new_events:
             return
         # The row lock serialises appenders across connections and replicas: no gaps, no forks.
-        first_seq: int = conn.execute(
-            select(ledger_head.c.next_seq).where(ledger_head.c.id == 1).with_for_update()
-        ).scalar_one()
+        first_seq: int = conn.execute(_LOCK_LEDGER_HEAD).scalar_one()
         rows = []
         for seq, event in enumerate(new_events, start=first_seq):
             kind = event.type.value
@@ -667,7 +692,7 @@ class Store:
             rows.append(
                 (seq, event.ts, kind, event.actor, event.request_id, payload.decode(), leaf_hash(leaf).hex())
             )
-        columns = ("seq", "ts", "type", "actor", "request_id", "payload", "leaf_hash")
+        columns = _EVENT_COLUMNS
         if conn.dialect.name == "postgresql" and len(rows) >= 32:
             # COPY streams the rows in one command; an executemany would send (and psycopg would build)
             # one INSERT per event. Same connection, same transaction, same lock. (A few rows, as one
@@ -681,8 +706,8 @@ class Store:
                 for row in rows:  # (a naive `ts` was refused above, by `event_leaf`)
                     copy.write_row(row)
         else:
-            conn.execute(insert(events), [dict(zip(columns, row, strict=True)) for row in rows])
-        conn.execute(update(ledger_head).where(ledger_head.c.id == 1).values(next_seq=first_seq + len(rows)))
+            conn.execute(_INSERT_EVENTS, [dict(zip(columns, row, strict=True)) for row in rows])
+        conn.execute(_ADVANCE_LEDGER_HEAD, {"b_next_seq": first_seq + len(rows)})
 
     def _raise_if_key_used(self, conn: Connection, requester: str, key: str) -> None:
         row = conn.execute(
