@@ -169,26 +169,16 @@ def test_the_readme_walkthrough(demo: LiveServer) -> None:
     assert verified.startswith("OK: 8 events, 1 checkpoint and 1 external checkpoint verified"), verified
 
 
-# The README's Slack step, verbatim (README.md, after step 5). The test runs its commands against the fake
+# The README's Slack step, read from README.md (after step 5). The test runs its commands against the fake
 # Slack Web API of tests/support: the one difference is `api_url`, which a real set-up leaves at Slack's.
-SLACK_STEP = """\
-# 6. Reviewers in Slack. Create the Slack app from examples/slack-app-manifest.yaml (docs/channels.md
-#    walks through it), give keyturn its bot token and signing secret, and announce the `high` tier:
-export SLACK_BOT_TOKEN=xoxb-… SLACK_SIGNING_SECRET=…
-cat >> examples/keyturn.yaml <<'EOF'
-channels:
-  slack:
-    bot_token: {env: SLACK_BOT_TOKEN}
-    signing_secret: {env: SLACK_SIGNING_SECRET}
-EOF
-sed -i 's|# notify: \\["slack:#ops-approvals"\\]|notify: ["slack:#ops-approvals"]|' examples/policy.yaml
-#    Restart `make serve`, invite the bot to #ops-approvals, and check the set-up:
-keyturn channels test slack:#ops-approvals       # → a test message in the channel
-#    Submit as in step 2: the request appears in #ops-approvals as a card. The first time Alice clicks
-#    Approve…, Slack shows her alone a one-time code; she links her Slack account once, as herself:
-KEYTURN_TOKEN=$ALICE keyturn chat link ktl_…
-#    Her next click on Approve… opens a form; she approves there, and the card shows who approved.
-"""
+def _readme_slack_step() -> str:
+    """Step 6 of the README's walkthrough, as the README has it (so the two cannot drift apart)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("# 6. Reviewers in Slack.")
+    return readme[start : readme.index("```", start)]
+
+
+SLACK_STEP = _readme_slack_step()
 
 SLACK_TOKEN = "xoxb-1234-5678-walkthrough"
 SLACK_SECRET = "walkthrough-signing-secret-0123456789"
