@@ -45,14 +45,15 @@ class Subscription:
     the pending list is created by the first change rather than with every subscription.
     """
 
-    __slots__ = ("_feed", "_loop", "_pending", "_signal", "request_id")
+    __slots__ = ("_feed", "_loop", "_pending", "_waiter", "request_id")
 
     def __init__(self, feed: ChangeFeed, request_id: str | None) -> None:
         self.request_id = request_id
         self._feed = feed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[str | None] | None = None
-        self._signal = asyncio.Event()
+        # A future only while someone waits (an asyncio.Event would keep a deque per subscription).
+        self._waiter: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Subscription:
         self._loop = asyncio.get_running_loop()
@@ -78,18 +79,27 @@ class Subscription:
             self._pending = [request_id]
         else:
             self._pending.append(request_id)
-        self._signal.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next_delivery(self) -> None:
+        assert self._loop is not None, "enter the subscription first"
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def wait(self, timeout: float) -> bool:
         """True as soon as a change arrived since the last wait (or entry); False after `timeout` seconds."""
         if not self._pending:
             try:
                 async with asyncio.timeout(max(timeout, 0.0)):
-                    await self._signal.wait()
+                    await self._next_delivery()
             except TimeoutError:
                 return False
         self._pending = None
-        self._signal.clear()
         return True
 
     def __aiter__(self) -> AsyncIterator[str | None]:
@@ -98,8 +108,7 @@ class Subscription:
     async def __anext__(self) -> str | None:
         """The next changed request id (`None`: anything may have changed, re-read everything)."""
         while not self._pending:
-            self._signal.clear()
-            await self._signal.wait()
+            await self._next_delivery()
         return self._pending.pop(0)
 
 

@@ -116,6 +116,7 @@ async def wait(
                     view = await to_thread.run_sync(partial(render, svc, caller, record))
                     view["timed_out"] = record.status is Status.PENDING
                     return view
+                del record  # ~10 KiB that ten thousand waiters would otherwise keep while they sleep
                 await changes.wait(remaining)
 
 
@@ -148,10 +149,11 @@ async def _transitions(
             while True:
                 if record.version != last_version:
                     last_version = record.version
-                    view = await to_thread.run_sync(partial(render, svc, who, record, history=True))
-                    yield json_event("state", jsonable_encoder(view), id=str(record.version))
+                    yield await to_thread.run_sync(_state_event, svc, who, record)
                     if record.status.terminal:
                         return
+                request_id = record.id
+                del record  # ~10 KiB that ten thousand streams would otherwise keep while they sleep
                 # Idle streams ping at random moments in a window, so ten thousand never write in step.
                 while not await subscription.wait(_jitter.uniform(*SSE_PING_SECONDS)):
                     if await request.is_disconnected():
@@ -159,10 +161,15 @@ async def _transitions(
                     yield None
                 try:
                     who = credential.current()  # a revoked or expired credential ends the stream
-                    record = await to_thread.run_sync(svc.get, who, record.id)
+                    record = await to_thread.run_sync(svc.get, who, request_id)
                 except (AuthenticationError, ServiceError) as exc:
                     code = "unauthenticated" if isinstance(exc, AuthenticationError) else exc.code
                     yield json_event("error", {"error": {"code": code, "message": str(exc)}})
                     return
     finally:
         await changes.__aexit__(None, None, None)
+
+
+def _state_event(svc: Keyturn, who: Principal, record: RequestRecord) -> ServerEvent:
+    view = render(svc, who, record, history=True)
+    return json_event("state", jsonable_encoder(view), id=str(record.version))  # history holds datetimes
