@@ -279,7 +279,7 @@ def measure(code: str, mode: str, server: LiveServer, args: argparse.Namespace, 
         with httpx.Client(
             base_url=server.url, headers=server.headers(REVIEWER), timeout=APPROVAL_TIMEOUT
         ) as reviewer:
-            for request_id in probes:
+            for request_id, _ in probes:
                 sent = time.monotonic()
                 try:
                     answer = reviewer.post(f"/v1/actions/{request_id}/reviews", json={"decision": "approve"})
