@@ -51,9 +51,9 @@ from support.live import DEFAULT_USERS, LiveServer, start_server  # noqa: E402
 
 REVIEWER = "user:alice@example.com"
 CONNECT_CONCURRENCY = 256  # connections being opened at once by the load generator
-SETTLE_TIMEOUT = 240.0
+SETTLE_TIMEOUT = 120.0
 WAKE_TIMEOUT = 15.0
-APPROVAL_TIMEOUT = 60.0
+APPROVAL_TIMEOUT = 30.0
 MODES = ("longpoll", "sse")
 
 
