@@ -43,6 +43,7 @@ bench: install-test
 	$(BIN)/python benchmarks/policy_bench.py
 	$(BIN)/python benchmarks/ledger_bench.py
 	$(BIN)/python benchmarks/wakeup_bench.py
+	$(BIN)/python benchmarks/guard_bench.py
 	$(BIN)/python benchmarks/mcp_bench.py
 	$(BIN)/python benchmarks/identity_bench.py
 	$(BIN)/python benchmarks/redact_bench.py

@@ -13,9 +13,10 @@ Real `keyturn serve` processes and a real Standard Webhooks receiver on loopback
                    interleaved, on one SQLite server whose dispatcher is running: what the outbox row (and
                    the delivery work beside it) costs the agent.
 
-The channel is pluggable (`Sink`): a webhook receiver today; Slack's fake Web API plugs in the same way.
+The channel is pluggable (`SINKS`): the webhook receiver, and the tests' fake Slack Web API driven by the
+server's real slack_sdk client (t1: the fake stored the card of `chat.postMessage`). `--rows 0` skips (b).
 
-    .venv/bin/python benchmarks/channels_bench.py [--samples 200] [--rows 5000] [--postgres URL]
+    .venv/bin/python benchmarks/channels_bench.py [--samples 200] [--rows 5000] [--sinks slack webhook]
 
 Writes benchmarks/results/channels.md.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import statistics
@@ -31,32 +33,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import psycopg
 from sqlalchemy import text, update
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from keyturn.keys import KeyRing  # noqa: E402
+from _servers import machine, postgres_schema, quantile  # noqa: E402
 
 from keyturn.channels.runtime import install_planner  # noqa: E402
+from keyturn.channels.slack import APPROVE  # noqa: E402
 from keyturn.config import load_settings  # noqa: E402
 from keyturn.model import Principal, PrincipalKind  # noqa: E402
 from keyturn.policy import PolicyHolder  # noqa: E402
+from keyturn.server.startup import key_encryption_key, open_keyring  # noqa: E402
 from keyturn.service import Keyturn, Submission  # noqa: E402
 from keyturn.store import Store  # noqa: E402
 from keyturn.store.schema import outbox  # noqa: E402
 from support.channels import policy, webhook_settings  # noqa: E402
+from support.fake_slack import FakeSlack  # noqa: E402
 from support.live import LiveServer, free_port, start_server  # noqa: E402
 from support.webhook_receiver import WebhookReceiver  # noqa: E402
 
@@ -83,6 +84,7 @@ class Sink(Protocol):
 
 class WebhookSink:
     name = "webhook"
+    target = "webhook:siem"
 
     def __init__(self, verify: bool = True) -> None:
         self.receiver = WebhookReceiver(verify=verify).start()
@@ -109,29 +111,60 @@ class WebhookSink:
         self.receiver.stop()
 
 
-SINKS: dict[str, Callable[..., Any]] = {"webhook": WebhookSink}
+class SlackSink:
+    """The fake Slack Web API of the tests, driven by the server's real slack_sdk client: a delivery is the
+    card's `chat.postMessage`, stamped when the fake stored the message."""
+
+    name = "slack"
+    target = "slack:#ops-approvals"
+    token = "xoxb-1234-5678-keyturnbench"
+
+    def __init__(self) -> None:
+        self.fake = FakeSlack(token=self.token).start()
+
+    def settings(self, workdir: Path) -> dict[str, Any]:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "slack-token").write_text(self.token + "\n")
+        (workdir / "slack-secret").write_text(secrets.token_hex(16) + "\n")
+        slack = {
+            "bot_token": {"file": str(workdir / "slack-token")},
+            "signing_secret": {"file": str(workdir / "slack-secret")},
+            "api_url": self.fake.api_url,
+        }
+        return {"channels": {"slack": slack}}
+
+    def arrivals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for call in self.fake.ok_calls("chat.postMessage"):
+            request_id = _card_request(call.args.get("blocks"))
+            if request_id is not None:
+                out.setdefault(request_id, call.at)
+        return out
+
+    def count(self) -> int:
+        return len(self.fake.ok_calls("chat.postMessage"))
+
+    def close(self) -> None:
+        self.fake.stop()
 
 
-@contextmanager
-def postgres_schema(base: str) -> Iterator[str]:
-    schema = "bench_" + secrets.token_hex(4)
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def _card_request(blocks: Any) -> str | None:
+    """The request id a card's Approve button carries."""
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    for block in blocks or []:
+        for element in block.get("elements", []) if isinstance(block, dict) else []:
+            if isinstance(element, dict) and element.get("action_id") == APPROVE:
+                return str(element["value"])
+    return None
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 1))  # nearest rank: never below a real sample
-    return ordered[int(rank) - 1]
+SINKS: dict[str, type[WebhookSink] | type[SlackSink]] = {"webhook": WebhookSink, "slack": SlackSink}
+
+
+def sink_policy(sink: Any) -> str:
+    """The channel tests' policy with its targets pointed at the sink (`db.export` notifies it)."""
+    return policy().replace("webhook:siem", sink.target).replace("webhook:oncall", sink.target)
 
 
 def stats(values: list[float], digits: int) -> str:
@@ -163,8 +196,9 @@ def fill(server: LiveServer, rows: int) -> None:
     settings = load_settings(server.config_path)
     store = Store.open(settings.database)
     try:
-        install_planner(settings, store)
-        svc = Keyturn(settings, store, PolicyHolder(settings.policy), KeyRing(settings.data_dir))
+        keyring = open_keyring(settings, store, key_encryption_key(settings))
+        svc = Keyturn(settings, store, PolicyHolder(settings.policy), keyring)
+        install_planner(settings, store, svc.redactor)
         agent = Principal(id=AGENT, kind=PrincipalKind.AGENT, groups=frozenset({"bots"}))
         for i in range(rows):
             svc.submit(agent, Submission(action=ROUTED, resource=f"t{i}", params={"rows": i}))
@@ -287,50 +321,64 @@ def submit_cost(server: LiveServer, samples: int) -> dict[str, list[float]]:
     return times
 
 
-def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"`nproc` {os.cpu_count()}, Python {sys.version.split()[0]}; load average at the end {load}"
-
-
-def run(samples: int, rows: int, postgres: str, sink_name: str) -> str:
+def sink_latency(
+    work: Path, sink_name: str, samples: int, postgres: str, with_cost: bool
+) -> tuple[dict[str, list[float]], dict[str, list[float]] | None]:
+    """(a) for one sink on SQLite and on two PostgreSQL replicas, and (c) on the SQLite server if asked."""
     lat: dict[str, list[float]] = {}
-    thr: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        sink = SINKS[sink_name]()
+    cost = None
+    sink = SINKS[sink_name]()
+    try:
+        config = sink.settings(work / f"{sink_name}-cfg")
+        server = start_server(
+            work / f"{sink_name}-lat", policy=sink_policy(sink), settings=config, timeout=120
+        )
         try:
-            server = start_server(
-                work / "lat", policy=policy(), settings=sink.settings(work / "lat-cfg"), timeout=120
-            )
-            try:
-                print(f"(a) latency, SQLite: {samples} submits…", flush=True)
-                lat["SQLite, one server"] = latency(server, server.url, sink, samples)
+            print(f"(a) {sink_name} latency, SQLite: {samples} submits…", flush=True)
+            lat[f"{sink.target}, SQLite, one server"] = latency(server, server.url, sink, samples)
+            if with_cost:
                 print(f"(c) submit cost: {samples} pairs…", flush=True)
                 cost = submit_cost(server, samples)
+        finally:
+            server.stop()
+        with postgres_schema(postgres) as url:
+            server = start_server(
+                work / f"{sink_name}-lat-pg",
+                database_url=url,
+                policy=sink_policy(sink),
+                settings=config,
+                timeout=120,
+            )
+            try:
+                replica = server.start_replica(timeout=120)
+                print(f"(a) {sink_name} latency, PostgreSQL two replicas: {samples} submits…", flush=True)
+                lat[f"{sink.target}, PostgreSQL, two replicas"] = latency(server, replica.url, sink, samples)
             finally:
                 server.stop()
+    finally:
+        sink.close()
+    return lat, cost
+
+
+def run(samples: int, rows: int, postgres: str, sink_names: list[str]) -> str:
+    lat: dict[str, list[float]] = {}
+    thr: dict[str, float] = {}
+    cost: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for i, name in enumerate(sink_names):
+            measured, first_cost = sink_latency(work, name, samples, postgres, with_cost=i == 0)
+            lat.update(measured)
+            cost = first_cost or cost
+        if rows:
+            print(f"(b) throughput: {rows} rows…", flush=True)
+            thr["raw HTTP, no keyturn (the ceiling: httpx → receiver, 16 at once)"] = raw_http(rows)
+            thr["SQLite, one replica"] = throughput(work / "thr-sqlite", None, rows, 1)
             with postgres_schema(postgres) as url:
-                server = start_server(
-                    work / "lat-pg",
-                    database_url=url,
-                    policy=policy(),
-                    settings=sink.settings(work / "lat-pg-cfg"),
-                )
-                try:
-                    replica = server.start_replica(timeout=120)
-                    print(f"(a) latency, PostgreSQL two replicas: {samples} submits…", flush=True)
-                    lat["PostgreSQL, two replicas"] = latency(server, replica.url, sink, samples)
-                finally:
-                    server.stop()
-        finally:
-            sink.close()
-        print(f"(b) throughput: {rows} rows…", flush=True)
-        thr["raw HTTP, no keyturn (the ceiling: httpx → receiver, 16 at once)"] = raw_http(rows)
-        thr["SQLite, one replica"] = throughput(work / "thr-sqlite", None, rows, 1)
-        with postgres_schema(postgres) as url:
-            thr["PostgreSQL, one replica"] = throughput(work / "thr-pg1", url, rows, 1)
-        with postgres_schema(postgres) as url:
-            thr["PostgreSQL, two replicas"] = throughput(work / "thr-pg2", url, rows, 2)
+                thr["PostgreSQL, one replica"] = throughput(work / "thr-pg1", url, rows, 1)
+            with postgres_schema(postgres) as url:
+                thr["PostgreSQL, two replicas"] = throughput(work / "thr-pg2", url, rows, 2)
+    cost_target = SINKS[sink_names[0]].target
 
     lat_rows = "\n".join(f"| {name} | {len(v)} | {stats(v, 1)} | {max(v):.1f} |" for name, v in lat.items())
     thr_rows = "\n".join(f"| {name} | {rows} | {v:,.0f} |" for name, v in thr.items())
@@ -338,9 +386,10 @@ def run(samples: int, rows: int, postgres: str, sink_name: str) -> str:
     extra = statistics.median(with_n) / statistics.median(without) - 1
     lat_goal = all(quantile(v, 0.99) <= 250 for v in lat.values())
     thr_goal = all(v >= 500 for name, v in thr.items() if not name.startswith("raw"))
+    sinks = ", ".join(sink_names)
     return f"""# Channel delivery
 
-Produced by `benchmarks/channels_bench.py` (channel: {sink_name}) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC;
+Produced by `benchmarks/channels_bench.py` (channels: {sinks}) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC;
 machine: {machine()}. Milliseconds unless said otherwise.
 
 ## (a) Submit → delivery received
@@ -363,7 +412,7 @@ Goal ≥ 500 deliveries/s: **{"met" if thr_goal else "NOT met"}**.
 
 | submit | samples | p50 | p90 | p99 |
 |---|---|---|---|---|
-| with a notify target (`webhook:siem`) | {len(with_n)} | {stats(with_n, 2)} |
+| with a notify target (`{cost_target}`) | {len(with_n)} | {stats(with_n, 2)} |
 | without (a route that notifies no one) | {len(without)} | {stats(without, 2)} |
 
 The outbox adds **{extra * 100:+.1f} %** to the median submit
@@ -390,14 +439,16 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--rows", type=int, default=5000)
-    parser.add_argument("--sink", choices=sorted(SINKS), default="webhook")
+    parser.add_argument(
+        "--sinks", nargs="+", choices=sorted(SINKS), default=["slack", "webhook"], help="(c) uses the first"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("KEYTURN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "channels.md")
     args = parser.parse_args()
-    report = run(args.samples, args.rows, args.postgres, args.sink)
+    report = run(args.samples, args.rows, args.postgres, args.sinks)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     print(report)

@@ -13,6 +13,13 @@ Goals (issue #4): >= 20,000 appends/s, >= 200,000 events/s verified, inclusion p
 
 Each figure is printed side by side with the code path as it was before issue #4 (reproduced here:
 `_reference_append`, `reference_verify_bundle`), measured in the same run under the same load.
+
+    .venv/bin/python benchmarks/ledger_bench.py --whole-process [--sizes 10000,100000,1000000]
+
+measures what an auditor waits for (issue #12): `keyturn ledger verify --bundle DIR` and `python -m
+keyturn.ledger verify --bundle DIR` as whole processes (start, imports, keys, worker processes, exit) next
+to `verify_bundle` in this process, interleaved, at each size; the difference is the fixed cost. Results go
+to results/ledger_whole_process.md (the default mode's file is left alone).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import random
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -237,6 +246,98 @@ def make_bundle(path: Path, n: int, every: int = 100_000) -> tuple[MerkleTree, N
     return tree, signer
 
 
+def _process_seconds(command: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0 and done.stdout.startswith("OK:"), (command, done.stdout, done.stderr)
+    return elapsed
+
+
+def whole_process(sizes: list[int], rounds: int, out: Path) -> None:
+    """Whole-process verification vs in-process `verify_bundle`, at each size, interleaved."""
+    python = Path(sys.executable)
+    keyturn = python.parent / "keyturn"
+    load_before = os.getloadavg()
+    started = dt.datetime.now(dt.UTC)
+    shm = Path("/dev/shm")
+    commands = {
+        "`keyturn ledger verify --bundle`": [str(keyturn), "ledger", "verify", "--bundle"],
+        "`python -m keyturn.ledger verify --bundle`": [
+            str(python),
+            "-m",
+            "keyturn.ledger",
+            "verify",
+            "--bundle",
+        ],
+        # What `keyturn ledger verify` loads once the CLI imports only the subcommand it runs (lazy groups).
+        "`keyturn.commands.ledger` app alone, `verify --bundle`": [
+            str(python),
+            "-c",
+            "from keyturn.commands.ledger import app; app(prog_name='keyturn ledger')",
+            "verify",
+            "--bundle",
+        ],
+    }
+    rows = []
+    for size in sizes:
+        work = Path(tempfile.mkdtemp(prefix="kt-verify-", dir=shm if shm.is_dir() else None))
+        try:
+            bundle = work / "bundle"
+            start = time.perf_counter()
+            make_bundle(bundle, size)
+            generated = time.perf_counter() - start
+            in_process = "in-process `verify_bundle`"
+            times: dict[str, list[float]] = {in_process: [], **{name: [] for name in commands}}
+            for _ in range(rounds):
+                times[in_process].append(_in_process_seconds(bundle))
+                for name, command in commands.items():
+                    times[name].append(_process_seconds([*command, str(bundle)]))
+            inside = statistics.median(times[in_process])
+            load = os.getloadavg()[0]
+            for name, found in times.items():
+                median = statistics.median(found)
+                fixed = "" if name.startswith("in-process") else f"{median - inside:.2f} s"
+                rows.append(
+                    f"| {size:,} | {name} | {size / median:,.0f} | {median:.2f} s (best {min(found):.2f}) |"
+                    f" {fixed} | {load:.2f} |"
+                )
+                print(rows[-1])
+            print(f"({size:,}-event bundle generated in {generated:.1f} s)")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    lines = [
+        "# Ledger verification as a whole process",
+        "",
+        f"Machine: {os.cpu_count()} CPUs (nproc), {cpu.split(':', 1)[-1].strip() or platform.processor()}; "
+        f"Python {platform.python_version()}; {started:%Y-%m-%d %H:%M}-{dt.datetime.now(dt.UTC):%H:%M} UTC.",
+        f"Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_before)} at the start, "
+        f"{', '.join(f'{x:.2f}' for x in load_after)} at the end (2 cores shared with other work).",
+        f"Command: `.venv/bin/python benchmarks/ledger_bench.py --whole-process --sizes "
+        f"{','.join(str(s) for s in sizes)} --rounds {rounds}`",
+        "",
+        f'Median of {rounds} interleaved runs of each kind on the same bundle (in /dev/shm). "fixed" is the',
+        "whole process's median minus the in-process one: interpreter start, imports, exit.",
+        "",
+        "| events | what | events/s | wall time | fixed | load (1 min) |",
+        "|---:|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _in_process_seconds(bundle: Path) -> float:
+    start = time.perf_counter()
+    result = verify_bundle(bundle)
+    elapsed = time.perf_counter() - start
+    assert result.ok, result.summary()
+    return elapsed
+
+
 def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -251,7 +352,13 @@ def main() -> None:
         default=os.environ.get("KEYTURN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ledger.md")
+    parser.add_argument("--whole-process", action="store_true", help="whole-process verification only")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="with --whole-process")
     args = parser.parse_args()
+    if args.whole_process:
+        out = args.out.with_name("ledger_whole_process.md") if args.out.name == "ledger.md" else args.out
+        whole_process([int(s) for s in args.sizes.split(",")], args.rounds, out)
+        return
     load_before = os.getloadavg()
     # (measurement, before: the pre-#4 code path, after: the current one, goal, goal met?)
     rows: list[tuple[str, str, str, str, str]] = []

@@ -2,21 +2,27 @@
 
 The same `git_status` call on a temporary repository, from the official MCP ClientSession:
 
-  (a) direct   the client talks to `python -m mcp_server_git` itself
-  (b) proxied  the client talks to `keyturn mcp-proxy --name git -- python -m mcp_server_git …`; every call is
-               submitted to a real `keyturn serve` (SQLite), allowed by policy, its grant consumed, the
-               upstream called, and the outcome reported: three HTTP round trips and four ledger events
+  (a) direct      the client talks to `python -m mcp_server_git` itself
+  (b) one trip    the client talks to `keyturn mcp-proxy --name git -- python -m mcp_server_git …`; every call
+                  is submitted with `execute: true` to a real `keyturn serve`, allowed by policy and its grant
+                  consumed in the same durable write, the upstream called, the outcome reported in the
+                  background: one HTTP round trip on the call's path
+  (c) 3 trips     the same proxy as it was before #12 (the SDK and gateway of `--before`, default the commit
+                  before the change, run from a `git archive` of it against the same server): submit,
+                  consume, call, report, three round trips on the call's path
 
-    .venv/bin/python benchmarks/mcp_bench.py [--samples 200]
+The three set-ups run in turn, `--rounds` times, each round `--samples` calls, on SQLite and on PostgreSQL
+(`KEYTURN_TEST_POSTGRES_URL`), so a loaded machine slows them alike: read the differences and ratios.
 
-Writes benchmarks/results/mcp.md.
+    .venv/bin/python benchmarks/mcp_bench.py [--samples 100] [--rounds 2] [--no-postgres] [--before REF]
+
+Writes benchmarks/results/mcp.md. Goal (#12): the proxy adds ≤ 3 ms at p50 and ≤ 10 ms at p99.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,8 +38,12 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.live import start_server  # noqa: E402
+from guard_bench import served  # noqa: E402
+from wakeup_bench import _quantile, machine  # noqa: E402
+
 from support.mcp_harness import AGENT, git_upstream, make_repo, proxy_parameters  # noqa: E402
+
+BEFORE = "676c575"  # main before #12's one round trip: the 3-trip gateway
 
 POLICY = """\
 version: 1
@@ -60,53 +70,84 @@ async def measure(parameters: StdioServerParameters, repo: Path, samples: int) -
     return startup, latencies
 
 
-def row(name: str, startup: float, latencies: list[float]) -> str:
-    ms = sorted(x * 1000 for x in latencies)
-    p95 = ms[int(len(ms) * 0.95) - 1]
-    return f"| {name} | {startup:.2f} s | {statistics.median(ms):.1f} | {p95:.1f} | {max(ms):.1f} |"
+def proxy_before(root: Path, url: str, api_key: str, repo: Path) -> StdioServerParameters:
+    """The proxy of the `--before` sources: the gateway and SDK as they were, same interpreter and deps."""
+    parameters = proxy_parameters(url, api_key, "--name", "git", upstream=git_upstream(repo))
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-c", "from keyturn.entry import main; main()", *parameters.args],
+        env={**(parameters.env or {}), "PYTHONPATH": str(root / "src")},
+    )
+
+
+def checkout(ref: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True)
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def row(backend: str, name: str, startups: list[float], latencies: list[float], floor: list[float]) -> str:
+    ms, base = sorted(x * 1000 for x in latencies), sorted(x * 1000 for x in floor)
+    p50, p99 = _quantile(ms, 0.5), _quantile(ms, 0.99)
+    added = f"+{p50 - _quantile(base, 0.5):.1f} | +{p99 - _quantile(base, 0.99):.1f}"
+    return f"| {backend} | {name} | {statistics.median(startups):.2f} s | {p50:.1f} | {p99:.1f} | {added} |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", default=BEFORE, help="the git ref whose proxy is the 3-trip reference")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("KEYTURN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
+    started_at, load_before = datetime.now(UTC), os.getloadavg()[0]
+    table: list[str] = []
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         repo = make_repo(work / "repo")
-        server = start_server(work / "keyturn", policy=POLICY)
-        try:
-            direct = StdioServerParameters(command=sys.executable, args=git_upstream(repo)[1:])
-            proxied = proxy_parameters(
-                server.url, server.tokens[AGENT], "--name", "git", upstream=git_upstream(repo)
-            )
-            d_start, d_lat = anyio.run(measure, direct, repo, args.samples)
-            p_start, p_lat = anyio.run(measure, proxied, repo, args.samples)
-        finally:
-            server.stop()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    overhead = statistics.median(p_lat) - statistics.median(d_lat)
-    python = platform.python_version()
+        before = checkout(args.before, work / "before")
+        backends = [("SQLite", None)] + ([] if args.no_postgres else [("PostgreSQL", args.postgres)])
+        for backend, base in backends:
+            with served(work / backend, base, POLICY) as server:
+                key = server.tokens[AGENT]
+                setups = {
+                    "direct: mcp-server-git": StdioServerParameters(
+                        command=sys.executable, args=git_upstream(repo)[1:]
+                    ),
+                    "proxied, one trip (execute)": proxy_parameters(
+                        server.url, key, "--name", "git", upstream=git_upstream(repo)
+                    ),
+                    "proxied, 3 trips (before #12)": proxy_before(before, server.url, key, repo),
+                }
+                startups: dict[str, list[float]] = {name: [] for name in setups}
+                latencies: dict[str, list[float]] = {name: [] for name in setups}
+                for _ in range(args.rounds):
+                    for name, parameters in setups.items():
+                        startup, samples = anyio.run(measure, parameters, repo, args.samples)
+                        startups[name].append(startup)
+                        latencies[name] += samples
+            direct = latencies["direct: mcp-server-git"]
+            table += [row(backend, name, startups[name], latencies[name], direct) for name in setups]
     lines = [
         "# MCP gateway: overhead of an allowed tool call",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {model} · nproc {nproc} · Python {python}"
-        f" · load average {os.getloadavg()[0]:.1f} at the end of the run",
+        f"{started_at:%Y-%m-%d %H:%M} UTC · {machine()} · load average {load_before:.1f} at the start",
         "",
-        f"`benchmarks/mcp_bench.py --samples {args.samples}`: `git_status` on a temporary repository,",
-        "one call at a time from the official MCP ClientSession. Proxied calls go through a real",
-        "`keyturn serve` (SQLite): submit (allowed by policy), consume the grant, call the upstream,",
-        "report the outcome.",
+        f"`benchmarks/mcp_bench.py --samples {args.samples} --rounds {args.rounds} --before {args.before}`:",
+        "`git_status` on a temporary repository, one call at a time from the official MCP ClientSession;",
+        "the set-ups take turns (a round each), through one real `keyturn serve` per database. *added* is",
+        "over the direct call at the same percentile.",
         "",
-        "| set-up | start-up (initialize answered) | p50 ms | p95 ms | max ms |",
-        "|---|---|---|---|---|",
-        row("direct: mcp-server-git", d_start, d_lat),
-        row("proxied: keyturn mcp-proxy → mcp-server-git", p_start, p_lat),
+        "| database | set-up | start-up (initialize answered) | p50 ms | p99 ms | added p50 | added p99 |",
+        "|---|---|---|---|---|---|---|",
+        *table,
         "",
-        f"Median overhead of the gate on an allowed call: **{overhead * 1000:.1f} ms** (three HTTP round",
-        "trips to keyturn, each a database transaction with its ledger events). A call that needs review",
-        "waits for the human; the proxy adds the same overhead once the grant is issued.",
+        "Goal (#12): the proxy adds ≤ 3 ms at p50 and ≤ 10 ms at p99 to an allowed call.",
         "",
     ]
     out = ROOT / "benchmarks" / "results" / "mcp.md"

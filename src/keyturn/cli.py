@@ -5,64 +5,153 @@ configuration and database directly; `admin` goes through a running server's adm
 commands (keyturn.commands.requests: `submit`, `list`, `show`, `approve`, `deny`, `cancel`, `wait`) are
 clients of a running server, authenticated with `KEYTURN_TOKEN` (a user token or an agent API key)
 against `KEYTURN_URL`.
+
+Each subcommand's module is imported only when that subcommand runs (or shows its own help): together
+they load SQLAlchemy, Alembic, the policy engine, httpx and the server, seconds of imports that
+`keyturn --help` or `keyturn approve` must not pay for. `COMMANDS` names where each one lives and the
+one line `keyturn --help` lists for it (tests/unit/test_cli_lazy.py checks that line against the
+command's own help).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from pathlib import Path
-from typing import Annotated, NoReturn
+import importlib
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from keyturn import __version__
-from keyturn.commands import (
-    admin,
-    api_keys,
-    channels,
-    chat,
-    db,
-    exec_,
-    outbox,
-    policy,
-    requests,
-    signing_keys,
-    users,
-)
-from keyturn.commands import hook as hook_commands
-from keyturn.commands import ledger as ledger_commands
-from keyturn.commands import mcp as mcp_commands
-from keyturn.config import settings_help
+
+# group: a Typer app mounted under the name; merged: a command of a Typer app, mounted at the top level;
+# command: a function, with the module's CONTEXT and HELP (the settings `keyturn.entry` uses too).
+Kind = Literal["group", "merged", "command"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    module: str
+    attr: str
+    help: str  # what `keyturn --help` lists; a group's full help
+    kind: Kind = "group"
+    hidden: bool = False
+    deprecated: bool = False
+
+
+def _requests(help_line: str) -> Subcommand:
+    return Subcommand("keyturn.commands.requests", "app", help_line, kind="merged")
+
+
+COMMANDS: dict[str, Subcommand] = {
+    "mcp-proxy": Subcommand(
+        "keyturn.commands.mcp",
+        "mcp_proxy",
+        "Serve MCP to an agent, forwarding to an upstream MCP server, with every tool call gated by keyturn.",
+        kind="command",
+    ),
+    "exec": Subcommand(
+        "keyturn.commands.exec_",
+        "run",
+        "Run a command once a human approves that exact argv (the command gate).",
+        kind="command",
+    ),
+    "serve": Subcommand(
+        "keyturn.commands.serve",
+        "app",
+        "Run the server (REST API, timers, ledger checkpoints).",
+        kind="merged",
+    ),
+    "policy": Subcommand("keyturn.commands.policy", "app", "Check, explain and test policies."),
+    "db": Subcommand("keyturn.commands.db", "app", "Database schema."),
+    "api-keys": Subcommand("keyturn.commands.api_keys", "app", "Agent API keys (on the database directly)."),
+    # The old name of `api-keys`, kept so scripts keep working; hidden so that "keys" means one thing only.
+    "keys": Subcommand(
+        "keyturn.commands.api_keys",
+        "app",
+        "Agent API keys (on the database directly).",
+        hidden=True,
+        deprecated=True,
+    ),
+    "signing-keys": Subcommand(
+        "keyturn.commands.signing_keys",
+        "app",
+        "The server's signing keys (grants, ledger checkpoints): list, rotate, retire.",
+    ),
+    "admin": Subcommand(
+        "keyturn.commands.admin", "app", "Administration through a running server (admin role)."
+    ),
+    "users": Subcommand(
+        "keyturn.commands.users", "app", "Users file: humans, groups, roles, personal tokens."
+    ),
+    "ledger": Subcommand("keyturn.commands.ledger", "app", "Verify, export, prove and report on the ledger."),
+    "outbox": Subcommand("keyturn.commands.outbox", "app", "Channel deliveries: list, retry dead ones."),
+    "channels": Subcommand(
+        "keyturn.commands.channels", "app", "Notification channels: test a target, enable one."
+    ),
+    "chat": Subcommand("keyturn.commands.chat", "app", "Link your Slack account to your keyturn identity."),
+    "hook": Subcommand("keyturn.commands.hook", "app", "Agent hooks: `keyturn hook claude-code`."),
+    "submit": _requests("Submit an action request and print the answer as JSON."),
+    "list": _requests("List requests (the review queue with --reviewable)."),
+    "show": _requests("Show one request: full context, route, reviews and history."),
+    "approve": _requests("Approve a pending request, optionally narrowing editable params."),
+    "deny": _requests("Deny a pending request."),
+    "cancel": _requests("Cancel your own pending request."),
+    "wait": _requests("Wait for a decision, showing who is still needed and the time left."),
+}
+
+
+def load(name: str, spec: Subcommand) -> Any:
+    """The click command of one subcommand, registered exactly as an eager `add_typer` would."""
+    module = importlib.import_module(spec.module)
+    target = getattr(module, spec.attr)
+    holder = typer.Typer()
+    if spec.kind == "group":
+        holder.add_typer(target, name=name, help=spec.help, hidden=spec.hidden, deprecated=spec.deprecated)
+    elif spec.kind == "merged":
+        holder.add_typer(target)
+    else:
+        holder.command(name, context_settings=module.CONTEXT, help=module.HELP)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root group: subcommands from `COMMANDS`, each imported on first use.
+
+    Listing them (`keyturn --help`) shows each one's help line from `COMMANDS` without importing it.
+    """
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        known = super().get_command(ctx, cmd_name)
+        spec = COMMANDS.get(cmd_name)
+        if known is not None or spec is None:
+            return known
+        if self._listing:
+            return TyperCommand(cmd_name, help=spec.help, hidden=spec.hidden, deprecated=spec.deprecated)
+        command = load(cmd_name, spec)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="keyturn",
+    cls=LazyGroup,
     help="Action-level approvals: the human checkpoint between what an agent intends and what it does.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(policy.app, name="policy", help="Check, explain and test policies.")
-app.add_typer(db.app, name="db", help="Database schema.")
-app.add_typer(api_keys.app, name="api-keys", help="Agent API keys (on the database directly).")
-# The old name of `api-keys`, kept so scripts keep working; hidden so that "keys" means one thing only.
-app.add_typer(api_keys.app, name="keys", hidden=True, deprecated=True)
-app.add_typer(
-    signing_keys.app,
-    name="signing-keys",
-    help="The server's signing keys (grants, ledger checkpoints): list, rotate, retire.",
-)
-app.add_typer(admin.app, name="admin", help="Administration through a running server (admin role).")
-app.add_typer(users.app, name="users", help="Users file: humans, groups, roles, personal tokens.")
-app.add_typer(ledger_commands.app, name="ledger", help="Verify, export, prove and report on the ledger.")
-app.add_typer(outbox.app, name="outbox", help="Channel deliveries: list, retry dead ones.")
-app.add_typer(channels.app, name="channels", help="Notification channels: test a target, enable one.")
-app.add_typer(chat.app, name="chat", help="Link your Slack account to your keyturn identity.")
-app.add_typer(hook_commands.app, name="hook", help="Agent hooks: `keyturn hook claude-code`.")
-app.command("mcp-proxy", context_settings=mcp_commands.CONTEXT, help=mcp_commands.HELP)(
-    mcp_commands.mcp_proxy
-)
-app.command("exec", context_settings=exec_.CONTEXT, help=exec_.HELP)(exec_.run)
-app.add_typer(requests.app)  # submit, list, show, approve, deny, cancel, wait: top-level commands
 
 
 def _version(shown: bool) -> None:
@@ -78,79 +167,6 @@ def _root(
     ] = False,
 ) -> None:
     """Action-level approvals: the human checkpoint between what an agent intends and what it does."""
-
-
-@app.command(epilog=settings_help())
-def serve(
-    config: Annotated[Path | None, typer.Option(help="keyturn.yaml", envvar="KEYTURN_CONFIG")] = None,
-    host: Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port [8300]")] = None,
-    database: Annotated[
-        str | None, typer.Option(help="sqlite:///PATH (default ./keyturn.db) or postgresql://…")
-    ] = None,
-    policy_files: Annotated[
-        list[Path] | None, typer.Option("--policy", help="policy file (repeatable) [policy.yaml]")
-    ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="signing keys directory [keyturn-data]")] = None,
-    users_file: Annotated[Path | None, typer.Option(help="users file (users, groups, roles, tokens)")] = None,
-) -> None:
-    """Run the server (REST API, timers, ledger checkpoints).
-
-    Every setting can also come from keyturn.yaml or a KEYTURN_* environment variable (KEYTURN_DATABASE,
-    KEYTURN_PORT, KEYTURN_LEDGER__ORIGIN…): host, port, public_url, database, policy, data_dir,
-    users_file, issuers (trusted JWT issuers: issuer, audience, jwks_url, kind, groups_claim,
-    subject_claim), grant_audience, timer_interval, secrets (NAME: {env|file}), ledger (origin,
-    checkpoint_every, checkpoint_interval, witness_dir, witness_urls), log_level. Flags win over the
-    environment, which wins over the file.
-    """
-    import uvicorn
-
-    from keyturn.config import ConfigError, load_settings
-    from keyturn.server.app import create_app
-    from keyturn.server.run import uvicorn_options
-    from keyturn.server.startup import StartupError, bind, prepare
-
-    try:
-        settings = load_settings(
-            config,
-            host=host,
-            port=port,
-            database=database,
-            policy=policy_files,
-            data_dir=data_dir,
-            users_file=users_file,
-        )
-        application = create_app(settings)  # checks channel credentials: a missing one is a ConfigError
-    except ConfigError as exc:
-        _startup_failed(f"configuration: {exc}")
-    from keyturn.server.console import console_settings_problem
-
-    problem = console_settings_problem(settings)
-    if problem is not None:
-        _startup_failed(f"configuration: {problem}")
-    # The order makes a failed start create nothing: the socket first (a port in use is found before any
-    # file is written), then the checks, and the database and keys last.
-    try:
-        sock = bind(settings.host, settings.port)
-        application.state.components = prepare(settings)
-    except StartupError as exc:
-        with contextlib.suppress(NameError):
-            sock.close()
-        _startup_failed(str(exc))
-    options = {k: v for k, v in uvicorn_options(settings).items() if k not in ("host", "port")}
-    server = uvicorn.Server(
-        uvicorn.Config(
-            application, ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile, **options
-        )
-    )
-    server.run(sockets=[sock])
-
-
-def _startup_failed(message: str) -> NoReturn:
-    """A start-up problem: one line on stderr (no rich wrapping, no traceback), exit status 2."""
-    one_line = " ".join(message.split())
-    sys.stderr.write(f"keyturn serve: {one_line}\n")
-    raise typer.Exit(2)
 
 
 def main() -> None:

@@ -224,6 +224,16 @@ class ServerSettings(BaseModel):
     )
 
 
+class StoreSettings(BaseModel):
+    """How the database is written (docs/storage.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    group_commit: bool = Field(
+        default=True,
+        description="concurrent submits and transitions share one durable commit (false: one commit each)",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of `keyturn serve`. `keyturn serve --help` lists them."""
 
@@ -240,6 +250,7 @@ class Settings(BaseSettings):
         default=None, description="URL people and agents use to reach this server (review_url)"
     )
     database: str = Field(default="sqlite:///keyturn.db", description="sqlite:///PATH or postgresql://…")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="how the database is written")
     policy: list[Path] = Field(default_factory=lambda: [Path("policy.yaml")], description="policy files")
     data_dir: Path = Field(
         default=Path("keyturn-data"),
@@ -375,7 +386,7 @@ def settings_help() -> str:
             for sub_name, sub in nested.model_fields.items():
                 env = (
                     f"KEYTURN_{name.upper()}__{sub_name.upper()}"
-                    if nested in (LedgerSettings, ConsoleSettings)
+                    if nested in (LedgerSettings, ConsoleSettings, StoreSettings)
                     else "YAML only"
                 )
                 lines.append(f"  {name}.{sub_name} ({_where(env, sub)}): {sub.description or ''}")
@@ -392,7 +403,7 @@ def _where(env: str, field: Any) -> str:
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (LedgerSettings, ConsoleSettings, IssuerSettings, SecretSettings):
+    for candidate in (LedgerSettings, ConsoleSettings, StoreSettings, IssuerSettings, SecretSettings):
         if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
             return candidate
     return None

@@ -94,7 +94,16 @@ class Principal(Frozen):
     def _canonical_id(cls, value: str) -> str:
         # Whoever builds a principal (an authenticator, a chat link, a stored record read back) holds the
         # canonical form, so that even a plain `==` compares one human with one human.
-        return fold_principal_id(value)
+        return fold_principal_id(refuse_nul(value, "id"))
+
+
+def refuse_nul(value: str, field: str) -> str:
+    """`value`, unless it holds U+0000. PostgreSQL cannot store NUL in text while SQLite can: refusing it in
+    the model gives every caller (the API and in-process ones alike) the same answer on both backends,
+    before anything is written."""
+    if "\x00" in value:
+        raise ValueError(f"{field}: contains U+0000 (NUL), which no field may contain")
+    return value
 
 
 # --- principal ids: one canonical form ----------------------------------------------------------------
@@ -189,6 +198,11 @@ class ActionRequest(Frozen):
     # False when it only asserted it.
     on_behalf_of_verified: bool = False
     idempotency_key: str | None = None
+
+    @field_validator("action", "resource", "justification", "idempotency_key", "on_behalf_of")
+    @classmethod
+    def _no_nul(cls, value: str | None, info: Any) -> str | None:
+        return None if value is None else refuse_nul(value, str(info.field_name))
 
     @field_validator("on_behalf_of")
     @classmethod
@@ -416,6 +430,10 @@ class EventType(StrEnum):
     USER_TOKEN_REVOKED = "admin.user_token.revoked"
     SIGNING_KEY_ROTATED = "admin.signing_key.rotated"
     SIGNING_KEY_RETIRED = "admin.signing_key.retired"
+    # A user's passkeys (actor: the user). `passkey.registered` carries the public key every passkey-signed
+    # review of theirs is checked against by `keyturn ledger verify`.
+    PASSKEY_REGISTERED = "passkey.registered"
+    PASSKEY_REVOKED = "passkey.revoked"
 
 
 class Event(Frozen):

@@ -13,14 +13,11 @@ no database, no clock. Pure functions, no I/O: the workflow and `keyturn ledger 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
 from typing import Any
-
-from webauthn import verify_authentication_response
-from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
-from webauthn.helpers.exceptions import InvalidAuthenticationResponse
 
 from keyturn.model import PasskeyAssertion, canonical_json
 
@@ -52,7 +49,7 @@ def signed_challenge(assertion: PasskeyAssertion) -> bytes:
     """The challenge the authenticator signed, read from the client data (ValueError if unreadable)."""
     try:
         client_data = json.loads(bytes.fromhex(assertion.client_data_json))
-        challenge = base64url_to_bytes(client_data["challenge"])
+        challenge = from_b64(client_data["challenge"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"the client data cannot be read: {exc}") from None
     if not isinstance(challenge, bytes):
@@ -77,6 +74,10 @@ def verify_assertion(
     The signature is checked with the public key kept beside it; user verification must be set; the
     origin and RP id must be the ones recorded (they are inside the signed client data / RP id hash).
     """
+    # py_webauthn (and the ASN.1 modules under it) loads on the first check, not with every server.
+    from webauthn import verify_authentication_response
+    from webauthn.helpers.exceptions import InvalidAuthenticationResponse
+
     if not binds(assertion, document):
         return "the passkey signed a different statement (request, params, decision or reviewer differ)", 0
     try:
@@ -106,12 +107,18 @@ def verify_assertion(
 
 
 def b64(data: bytes) -> str:
-    return bytes_to_base64url(data)
+    """Base64url without padding, as WebAuthn writes it (py_webauthn's `bytes_to_base64url`)."""
+    return base64.urlsafe_b64encode(data).decode("ascii").replace("=", "")
+
+
+def from_b64(value: str) -> bytes:
+    """Base64url with or without padding (py_webauthn's `base64url_to_bytes`: extra padding is ignored)."""
+    return base64.urlsafe_b64decode(f"{value}===")
 
 
 def hex_of(base64url: str) -> str:
     """A browser's base64url value as the lowercase hex the ledger keeps (ValueError if malformed)."""
-    return base64url_to_bytes(base64url).hex()
+    return from_b64(base64url).hex()
 
 
 def recorded_problem(event: dict[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn import brokered, metrics, workflow
+from keyturn.accounts import Accounts
 from keyturn.config import Settings
 from keyturn.errors import Conflict, Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from keyturn.grants import GrantError, GrantIssuer, verify_grant
@@ -48,8 +50,11 @@ from keyturn.store import (
     Store,
     Subscription,
 )
+from keyturn.store.chat import ChatAccounts, ChatLink, LinkCodeInvalid
+from keyturn.store.outbox import Outbox, OutboxRow
 
 __all__ = [
+    "ChatLink",
     "Conflict",
     "Consumed",
     "Forbidden",
@@ -57,6 +62,7 @@ __all__ = [
     "NotFound",
     "ServiceError",
     "Submission",
+    "Submitted",
     "Unavailable",
     "Unprocessable",
 ]
@@ -64,6 +70,8 @@ __all__ = [
 log = logging.getLogger("keyturn")
 
 Clock = Callable[[], datetime]
+
+OUTBOX_PAGE = 200  # rows the console's outbox page shows per status
 
 _RETRIES = 8  # optimistic-concurrency retries of one review/cancel/consume before giving up
 
@@ -98,6 +106,12 @@ class Consumed:
     record: RequestRecord
     params: dict[str, Any]
     secrets: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    record: RequestRecord
+    consumed: Consumed | None = None  # this call consumed the grant (`Keyturn.submit_and_execute`)
 
 
 class Keyturn:
@@ -148,6 +162,18 @@ class Keyturn:
     # --- submit -------------------------------------------------------------------------------------
 
     def submit(self, principal: Principal, submission: Submission) -> RequestRecord:
+        return self._submit(principal, submission, execute=False).record
+
+    def submit_and_execute(self, principal: Principal, submission: Submission) -> Submitted:
+        """`submit`, and for an action policy allows outright, its grant consumed by the caller in the same
+        store write (`workflow.submit_and_consume`): one durable round trip for the common case.
+
+        `Submitted.consumed` is set only when this very call consumed the grant: a replay of the same
+        idempotency key answers the stored request without it, so it never hands out a second execution.
+        """
+        return self._submit(principal, submission, execute=True)
+
+    def _submit(self, principal: Principal, submission: Submission, *, execute: bool) -> Submitted:
         request = ActionRequest(
             action=submission.action,
             resource=submission.resource,
@@ -161,9 +187,14 @@ class Keyturn:
         )
         now = self.clock()
         verdict = self.evaluate(request)
-        transition = workflow.submit(
-            new_request_id(), request, verdict, now, new_grant_id(), redactor=self.redactor
-        )
+        request_id, grant_id = new_request_id(), new_grant_id()
+        step = workflow.submit_and_consume if execute else workflow.submit
+        transition = step(request_id, request, verdict, now, grant_id, redactor=self.redactor)
+        handed_over = self._secrets_for(transition)
+        if (
+            handed_over is None
+        ):  # as consume does: a secret the server cannot hand over leaves the grant unused
+            transition = workflow.submit(request_id, request, verdict, now, grant_id, redactor=self.redactor)
         decision = DecisionRecord(
             ts=now,
             request_id=transition.record.id,
@@ -181,9 +212,22 @@ class Keyturn:
                     "this idempotency_key was already used for a different request",
                     {"field": "idempotency_key", "request_id": original.id},
                 ) from None
-            return original
+            return Submitted(original)
         metrics.REQUESTS.labels(decision=verdict.decision.value).inc()
-        return record
+        if record.status is not Status.EXECUTING:
+            return Submitted(record)
+        metrics.GRANTS.labels(outcome="consumed").inc()
+        return Submitted(record, Consumed(record, _approved_params(record), handed_over or {}))
+
+    def _secrets_for(self, transition: workflow.Transition) -> dict[str, str] | None:
+        """The brokered secrets a consuming transition hands over; None when one of them has no value."""
+        record = transition.record
+        if record.status is not Status.EXECUTING or not record.verdict.brokered_secrets:
+            return {}
+        try:
+            return brokered.resolve(self.settings.secrets, record.verdict.brokered_secrets)
+        except Unavailable:
+            return None
 
     # --- read ---------------------------------------------------------------------------------------
 
@@ -351,8 +395,7 @@ class Keyturn:
             metrics.GRANTS.labels(outcome="refused").inc()
             raise Forbidden(not_holder[0].message, {"code": not_holder[0].code, "field": "grant"})
         metrics.GRANTS.labels(outcome="consumed").inc()
-        params = record.approved_params if record.approved_params is not None else record.request.params
-        return Consumed(record=record, params=params, secrets=handed_over)
+        return Consumed(record=record, params=_approved_params(record), secrets=handed_over)
 
     def report_result(
         self,
@@ -495,6 +538,68 @@ class Keyturn:
             raise Forbidden(f"{principal.id} does not have the auditor role")
         return self.live_ledger
 
+    # --- the console's facade: human accounts and the outbox (transports never reach the store) -----
+
+    @functools.cached_property
+    def accounts(self) -> Accounts:
+        """Console sessions, passkeys (ledgered), login ceremonies and linked chat accounts."""
+        return Accounts(self.store, self.clock)
+
+    def outbox_rows(self, principal: Principal, status: str) -> builtins.list[OutboxRow]:
+        """The outbox rows of `status` (pending: due or waiting for a retry; dead: gave up), newest first.
+        Admins only: a row names targets and carries the last error a channel answered."""
+        self._require_admin(principal)
+        return Outbox(self.store).list_rows(status=status, limit=OUTBOX_PAGE)
+
+    def retry_outbox(self, principal: Principal, row_id: str) -> None:
+        """Make a dead (or cancelled) row due again now, with its own id (a receiver recognises a replay)."""
+        self._require_admin(principal)
+        if not Outbox(self.store).retry([row_id], self.clock()):
+            raise NotFound(f"no dead outbox row {row_id}", {"field": "row"})
+
+    def _require_admin(self, principal: Principal) -> None:
+        if Role.ADMIN not in principal.roles:
+            raise Forbidden(f"{principal.id} does not have the admin role")
+
+    # --- chat channels: linked chat accounts, replay guard, the request a card shows -----------------
+
+    @functools.cached_property
+    def _chat_accounts(self) -> ChatAccounts:
+        return ChatAccounts(self.store)
+
+    def chat_account(self, provider: str, team_id: str, user_id: str) -> ChatLink | None:
+        """The principal a chat account is linked to (groups are never stored: look them up at review)."""
+        return self._chat_accounts.link(provider, team_id, user_id)
+
+    def link_chat_account_by_email(
+        self, provider: str, team_id: str, user_id: str, principal_id: str
+    ) -> ChatLink:
+        """Link an account whose e-mail the chat provider verified; the caller checked the admin allows it."""
+        link = ChatLink(provider, team_id, user_id, principal_id, "email", self.clock())
+        self._chat_accounts.save_link(link)
+        return link
+
+    def chat_link_code(self, provider: str, team_id: str, user_id: str, ttl: timedelta) -> str:
+        """A one-time code the chat user redeems while logged in (`redeem_chat_link_code`)."""
+        return self._chat_accounts.new_code(provider, team_id, user_id, self.clock(), ttl)
+
+    def redeem_chat_link_code(self, principal: Principal, code: str) -> ChatLink:
+        """Link the code's chat account to the authenticated `principal` who presents it."""
+        try:
+            return self._chat_accounts.redeem(code, principal.id, self.clock())
+        except LinkCodeInvalid as exc:
+            raise ServiceError(str(exc), {"code": "invalid_link_code", "field": "body.code"}) from exc
+
+    def first_chat_delivery(self, signature: str, timestamp: str) -> bool:
+        """True the first time a signed chat request (or Socket Mode envelope) is seen on any replica."""
+        return self._chat_accounts.first_sight(signature, timestamp, self.clock())
+
+    def request_on_card(self, request_id: str) -> RequestRecord | None:
+        """The request a verified chat click names, whoever clicked: the card already showed it to that
+        conversation, and the clicker must be told the workflow's precise reason or the real outcome
+        (`get` answers "no request" to anyone who may not read it). Decisions still go through `review`."""
+        return self.store.get(request_id)
+
 
 # Which body field a refusal is about, so a client can point at it.
 _REFUSED_FIELDS: dict[type[workflow.WorkflowError], str] = {
@@ -519,6 +624,10 @@ def _service_error(exc: workflow.WorkflowError) -> ServiceError:
     if isinstance(exc, workflow.ReviewRefused | workflow.NotRequester | workflow.NotExecutor):
         return Forbidden(exc.message, detail)
     return Conflict(exc.message, detail)
+
+
+def _approved_params(record: RequestRecord) -> dict[str, Any]:
+    return record.approved_params if record.approved_params is not None else record.request.params
 
 
 def merge_params(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def submit(
         request.requester.id,
         base,
         now,
-        _submitted_payload(base),
+        _submitted_payload(base, redactor),
         redactor,
         paths=_redaction_paths(base),  # params.x, context.y, justification: the payload's own keys
     )
@@ -290,7 +290,7 @@ def review(
     if decision is ReviewDecision.DENY:
         if edited_params is not None:
             raise EditRefused("params can only be edited with an approval")
-        _check_signature(record, reviewer, decision, None, signed)
+        _check_signature(record, reviewer, decision, None, signed, redactor)
         if not comment.strip():
             raise ReasonRequired("a deny needs a reason in the comment")
         entry = Review(
@@ -330,8 +330,8 @@ def review(
                 {
                     "before": current,
                     "after": new_params,
-                    "before_digest": params_digest(current),
-                    "after_digest": params_digest(new_params),
+                    "before_digest": ledger_digest(current, redactor),
+                    "after_digest": ledger_digest(new_params, redactor),
                 },
                 redactor,
                 # redacted once, here: the route's params.x paths name before.x and after.x
@@ -345,7 +345,7 @@ def review(
         )
         current = new_params
     digest = params_digest(current)
-    _check_signature(record, reviewer, decision, digest, signed)
+    _check_signature(record, reviewer, decision, current, signed, redactor)
     if _has_approved(record, reviewer, digest):
         raise AlreadyReviewed(f"{reviewer.id} has already approved these params")
     entry = Review(
@@ -366,7 +366,7 @@ def review(
         )
     reviews = (*record.reviews, entry)
     record = _bump(record, now, reviews=reviews)
-    events.insert(0, _reviewed(record, entry, now, redactor, reviewer))
+    events.insert(0, _reviewed(record, entry, now, redactor, reviewer, current))
     if len(after) < _slots(route.requirements):
         return Transition(record, tuple(events))
     record = _with_grant(
@@ -384,7 +384,7 @@ def review(
                     {"reviewer": who, "requirement": route.requirements[after[who]].describe()}
                     for who in approvers
                 ],
-                "params_digest": params_digest(current),
+                "params_digest": ledger_digest(current, redactor),
                 "edited": current != record.request.params,
             },
             redactor,
@@ -512,6 +512,13 @@ def _check_edit(
             )
         if edited_route.step_up and not route.step_up:
             raise EditRefused("the edited request would need a step-up approval; submit it as a new request")
+        # The record keeps the route it was submitted with, so an edit that policy would put on a tier with
+        # `signature: passkey` would otherwise be approved unsigned: refused, like a step-up it would need.
+        if edited_route.signature == "passkey" and route.signature != "passkey":
+            raise EditRefused(
+                "the edited request would need passkey-signed approvals (signature: passkey); "
+                "submit it as a new request"
+            )
     # The request keeps the redactions it was submitted with: an edit that policy would redact differently
     # could show a value in clear that the edited request must hide.
     hidden = sorted(set(verdict.redactions) - set(record.verdict.redactions))
@@ -738,6 +745,37 @@ def consume_grant(
         or grant.params_digest != params_digest(approved)
     ):
         raise GrantMismatch("the grant's action, resource or params digest does not match what was approved")
+    return _consumed(record, grant, executor, now, redactor)
+
+
+def submit_and_consume(
+    request_id: str,
+    request: ActionRequest,
+    verdict: Verdict,
+    now: datetime,
+    grant_id: str,
+    *,
+    redactor: Redactor = UNKEYED,
+) -> Transition:
+    """`submit`, and when policy allows the action and the requester holds the grant, `consume_grant` by
+    the requester in the same transition: one durable write for an allowed action the caller runs now.
+
+    The events are both transitions' (submitted, allowed, grant issued, grant consumed), so the ledger
+    tells the same story as the two-step path. Any other verdict, or a grant bound to other executors,
+    gives exactly `submit`'s transition: the grant is then consumed (or waited for) as usual.
+    """
+    submitted = submit(request_id, request, verdict, now, grant_id, redactor=redactor)
+    record, grant = submitted.record, submitted.record.grant
+    if record.status is not Status.ALLOWED or grant is None or not may_consume(record, request.requester):
+        return submitted
+    consumed = _consumed(record, grant, request.requester, now, redactor)
+    return Transition(consumed.record, submitted.events + consumed.events)
+
+
+def _consumed(
+    record: RequestRecord, grant: GrantRecord, executor: Principal, now: datetime, redactor: Redactor
+) -> Transition:
+    """The consumption itself, once every check of `consume_grant` passed."""
     record = _bump(
         record,
         now,
@@ -745,7 +783,11 @@ def consume_grant(
         executor=executor.id,
         grant=grant.model_copy(update={"consumed_at": now}),
     )
-    payload = {"grant_id": grant.id, "params_digest": grant.params_digest, "executor": executor.id}
+    payload = {
+        "grant_id": grant.id,
+        "params_digest": ledger_digest(effective_params(record), redactor),
+        "executor": executor.id,
+    }
     consumed = _event(EventType.GRANT_CONSUMED, executor.id, record, now, payload, redactor)
     return Transition(record, (consumed,))
 
@@ -892,7 +934,16 @@ def _event(
     )
 
 
-def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
+def ledger_digest(params: dict[str, Any], redactor: Redactor) -> str:
+    """The digest of a params document as the ledger and a passkey statement carry it: keyed under the
+    server's redaction key (guarantee 9). The plain SHA-256 a grant binds (`params_digest`) stays in the
+    record and the grant token — whose holders know the params — because a ledger holder sees the params
+    with their secrets redacted, and a plain digest of the whole document would confirm a guess of a
+    redacted low-entropy value. With the key, an auditor recomputes it (`keyturn ledger check-value`)."""
+    return redactor.digest(params)
+
+
+def _submitted_payload(record: RequestRecord, redactor: Redactor) -> dict[str, Any]:
     request = record.request
     verdict = record.verdict
     route = verdict.route
@@ -906,7 +957,7 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
         "justification": request.justification,
         "params": request.params,
         "context": request.context,
-        "params_digest": params_digest(request.params),
+        "params_digest": ledger_digest(request.params, redactor),
         "idempotency_key": request.idempotency_key,
         "verdict": {
             "decision": verdict.decision.value,
@@ -919,25 +970,38 @@ def _submitted_payload(record: RequestRecord) -> dict[str, Any]:
     }
 
 
+def review_statement(
+    record: RequestRecord,
+    reviewer_id: str,
+    decision: ReviewDecision,
+    approved: dict[str, Any] | None,
+    redactor: Redactor,
+) -> dict[str, Any]:
+    """The statement a passkey signs for a review: what `review` checks the assertion against and the ledger
+    keeps. `approved`: the params an approval approves (edits merged); None for a deny."""
+    return passkeys.statement(
+        request_id=record.id,
+        action=record.request.action,
+        resource=record.request.resource,
+        params_digest=None if approved is None else ledger_digest(approved, redactor),
+        decision=decision.value,
+        reviewer=reviewer_id,
+    )
+
+
 def _check_signature(
     record: RequestRecord,
     reviewer: Principal,
     decision: ReviewDecision,
-    digest: str | None,
+    approved: dict[str, Any] | None,
     signed: PasskeyAssertion | None,
+    redactor: Redactor,
 ) -> None:
     """A passkey review counts only when its signature is over this very decision (the signature itself
     was verified by the caller against the registered key; `keyturn ledger verify` checks it again)."""
     if signed is None:
         return
-    document = passkeys.statement(
-        request_id=record.id,
-        action=record.request.action,
-        resource=record.request.resource,
-        params_digest=digest,
-        decision=decision.value,
-        reviewer=reviewer.id,
-    )
+    document = review_statement(record, reviewer.id, decision, approved, redactor)
     if not passkeys.binds(signed, document):
         raise SignatureMismatch("the passkey signed a different decision than the one being recorded")
 
@@ -948,13 +1012,15 @@ def _reviewed(
     now: datetime,
     redactor: Redactor,
     reviewer: Principal | None = None,
+    approved: dict[str, Any] | None = None,
 ) -> Event:
+    """`approved`: the params an approval approved (None for a deny, which approves nothing)."""
     payload: dict[str, Any] = {
         "reviewer": entry.reviewer,
         "reviewer_groups": sorted(entry.reviewer_groups),
         "decision": entry.decision.value,
         "comment": entry.comment,
-        "params_digest": entry.params_digest,
+        "params_digest": None if approved is None else ledger_digest(approved, redactor),
     }
     signed = reviewer.authn.passkey if reviewer is not None and reviewer.authn is not None else None
     if signed is not None:
@@ -962,14 +1028,7 @@ def _reviewed(
         # verify` proves this approval offline from the event alone.
         payload["passkey"] = {
             **signed.model_dump(mode="json"),
-            "statement": passkeys.statement(
-                request_id=record.id,
-                action=record.request.action,
-                resource=record.request.resource,
-                params_digest=entry.params_digest,
-                decision=entry.decision.value,
-                reviewer=entry.reviewer,
-            ),
+            "statement": review_statement(record, entry.reviewer, entry.decision, approved, redactor),
         }
     return _event(EventType.REVIEWED, entry.reviewer, record, now, payload, redactor)
 
@@ -982,6 +1041,10 @@ def _grant_issued(record: RequestRecord, now: datetime, redactor: Redactor) -> E
         "system",
         record,
         now,
-        {"grant_id": grant.id, "params_digest": grant.params_digest, "expires_at": _iso(grant.expires_at)},
+        {
+            "grant_id": grant.id,
+            "params_digest": ledger_digest(record.approved_params or {}, redactor),
+            "expires_at": _iso(grant.expires_at),
+        },
         redactor,
     )

@@ -147,3 +147,42 @@ def test_a_tampered_or_downgraded_digest_is_caught(live_servers: Any, tmp_path: 
         result = _cli("ledger", "verify", "--bundle", str(copy))
         assert result.exit_code != 0, result.output
         assert f"seq {submitted['seq']}" in result.output or str(submitted["seq"]) in result.output
+
+
+def test_params_digests_in_the_ledger_are_keyed_too(live_servers: Any, tmp_path: Path) -> None:
+    """The ledger shows the params with the PIN redacted; a plain SHA-256 of the whole params document
+    (submitted, edited, reviewed, approved, grant issued and consumed, the passkey statement) would let a
+    ledger holder try all 10,000 PINs against it. Every params digest the ledger carries is keyed; the
+    auditor with the key checks the whole document."""
+    server: LiveServer = live_servers(policy=POLICY)
+    params = {"rows": 50_000, "pin": PIN}  # big enough to need a review: approved, issued, consumed too
+    with server.client(BOT) as bot, server.client(ALICE) as alice:
+        request_id = bot.submit("db.export", "postgres://prod/customers", params)["id"]
+        alice.review(request_id, "approve", comment="ok")
+        grant = bot.get(request_id)["grant"]
+        bot.consume(grant)
+    events = [e for e in _export(server, tmp_path / "bundle") if e.get("request_id") == request_id]
+    digests = {e["type"]: e["payload"]["params_digest"] for e in events if e["payload"].get("params_digest")}
+    assert {
+        "request.submitted",
+        "request.reviewed",
+        "request.approved",
+        "grant.issued",
+        "grant.consumed",
+    } <= set(digests), digests
+    leaked = json.dumps(events)
+    for pin in range(10_000):
+        guess = hashlib.sha256(canonical_json({"rows": 50_000, "pin": f"{pin:04d}"})).hexdigest()
+        assert guess not in leaked, f"a plain digest of the params confirms the PIN {pin:04d}"
+    kid = digests["request.submitted"].split(":")[1]
+    assert all(d.startswith(f"hmac-sha256:{kid}:") for d in digests.values())
+    assert len(set(digests.values())) == 1  # one document, one digest: the report's cross-checks hold
+
+    seq = str(next(e["seq"] for e in events if e["type"] == "request.approved"))
+    key = _key_file(server, kid)
+    bundle = str(tmp_path / "bundle")
+    check = ["--json", "--key-file", key, "--bundle", bundle]
+    assert _cli("ledger", "check-value", seq, "params_digest", json.dumps(params), *check).exit_code == 0
+    other = json.dumps({"rows": 50_000, "pin": "0000"})
+    assert _cli("ledger", "check-value", seq, "params_digest", other, *check).exit_code == 1
+    assert _cli("ledger", "verify", "--bundle", bundle).exit_code == 0

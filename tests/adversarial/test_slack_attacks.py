@@ -12,47 +12,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import fresh_postgres_schema
 from keyturn.channels.slack import APPROVE, APPROVE_VIEW, OPEN_CONSOLE
 from support.fake_slack import click_payload, form_body, signed_headers, submission_payload
-from support.slack_live import BOT, MALLORY, NEWBIE, PEOPLE, SECRET, SlackWorld
+from support.slack_live import BOT, MALLORY, NEWBIE, PEOPLE, SECRET, SlackWorld, Worlds
 
 ALICE_U, BOB_U, SAM_U, CAROL_U, OLIVIA_U = "U0ALICE", "U0BOB", "U0SAM", "U0CAROL", "U0OLIVIA"
 
 
-class Worlds:
-    def __init__(self, tmp: pytest.TempPathFactory) -> None:
-        self.tmp = tmp
-        self.started: dict[str, SlackWorld] = {}
-        self.schemas = ExitStack()
-
-    def get(self, backend: str) -> SlackWorld:
-        if backend not in self.started:
-            url = self.schemas.enter_context(fresh_postgres_schema()) if backend == "postgresql" else None
-            world = SlackWorld.start(self.tmp.mktemp(f"slack-attacks-{backend}"), url)
-            self.started[backend] = world
-            world.link_everyone()
-        return self.started[backend]
-
-    def close(self) -> None:
-        for world in self.started.values():
-            world.stop()
-        self.schemas.close()
-
-
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
-    started = Worlds(tmp_path_factory)
-    try:
+    with Worlds.opened(tmp_path_factory, "slack-attacks") as started:
         yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

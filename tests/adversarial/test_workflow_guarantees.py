@@ -583,6 +583,56 @@ def test_a_grant_presented_with_other_terms_is_refused(forgery: dict[str, str]) 
         workflow.consume_grant(record, presentation(record, **forgery), AGENT, T0 + timedelta(minutes=2))
 
 
+# --- submit and consume in one transition (execute: true) ---------------------------------------------
+
+
+def _submit_and_consume(verdict: Verdict) -> workflow.Transition:
+    request = ActionRequest(
+        action="db.export", resource="postgres://prod/customers", params={"rows": 5}, requester=AGENT
+    )
+    return workflow.submit_and_consume("req_x", request, verdict, T0, "gr_x")
+
+
+def test_submit_and_consume_is_submit_then_consume_in_one_transition() -> None:
+    allow = Verdict(decision=Decision.ALLOW, policy_revision="r")
+    one = _submit_and_consume(allow)
+    two_first = workflow.submit("req_x", one.record.request, allow, T0, "gr_x")
+    two = workflow.consume_grant(two_first.record, presentation(two_first.record), AGENT, T0)
+    assert one.record == two.record  # the same state, version included, as the two-step path
+    assert one.events == two_first.events + two.events  # submitted, allowed, grant issued, grant consumed
+    assert [e.type for e in one.events] == [
+        EventType.SUBMITTED,
+        EventType.ALLOWED,
+        EventType.GRANT_ISSUED,
+        EventType.GRANT_CONSUMED,
+    ]
+    assert one.record.status is Status.EXECUTING and one.record.executor == AGENT.id
+    assert workflow.invariant_violations(one.record) == []
+    with pytest.raises(workflow.GrantAlreadyConsumed):
+        workflow.consume_grant(one.record, presentation(one.record), AGENT, T0)
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [
+        review_verdict(),
+        Verdict(decision=Decision.DENY, reason="no"),
+        Verdict(decision=Decision.ALLOW, executors=("agent:runner",)),  # not the requester's grant
+    ],
+)
+def test_submit_and_consume_leaves_anything_but_the_requesters_allow_to_submit(verdict: Verdict) -> None:
+    plain = workflow.submit(
+        "req_x",
+        ActionRequest(
+            action="db.export", resource="postgres://prod/customers", params={"rows": 5}, requester=AGENT
+        ),
+        verdict,
+        T0,
+        "gr_x",
+    )
+    assert _submit_and_consume(verdict) == plain
+
+
 def test_another_requests_grant_does_not_open_this_one() -> None:
     mine = approved_record("req_1")
     theirs = approved_record("req_2")

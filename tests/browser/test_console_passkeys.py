@@ -68,7 +68,7 @@ def test_a_passkey_signed_approval_is_recorded_with_its_signature(world: Console
     # Tamper with the assertion (one character of the signature): verify names that review's signature.
     events = bundle / "events.jsonl"
     lines = events.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if '"passkey":' in line)
+    at = next(i for i, line in enumerate(lines) if '"request.reviewed"' in line and '"passkey":' in line)
     record = json.loads(lines[at])
     signature = record["event"]["payload"]["passkey"]["signature"]
     record["event"]["payload"]["passkey"]["signature"] = ("a" if signature[5] != "a" else "b").join(

@@ -7,17 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page
 
-from support.console import DESKTOP, PHONE, ConsoleWorld
-
-
-def _shoot(page: Page, name: str, out: Path) -> None:
-    width = page.viewport_size["width"] if page.viewport_size else 0
-    overflow = page.evaluate("document.documentElement.scrollWidth")
-    assert overflow <= width, f"{name}: the page is {overflow}px wide in a {width}px viewport"
-    if os.environ.get("KEYTURN_SCREENSHOTS"):
-        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+from support.console import DESKTOP, PHONE, ConsoleWorld, shoot
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
@@ -39,10 +30,10 @@ def test_every_page_fits_and_is_keyboard_usable(world: ConsoleWorld, size: str, 
 
     page = world.page(viewport=DESKTOP if size == "desktop" else PHONE)
     page.goto(world.server.url + "/console/login")
-    _shoot(page, f"login-{size}", out)
+    shoot(page, f"login-{size}", out)
     world.login(page, "alice")
     page.locator("tr[data-request-id]").first.wait_for()
-    _shoot(page, f"queue-{size}", out)
+    shoot(page, f"queue-{size}", out)
 
     # Keyboard only: Tab from the top reaches the first request link, Enter opens it.
     page.keyboard.press("Tab")
@@ -53,13 +44,13 @@ def test_every_page_fits_and_is_keyboard_usable(world: ConsoleWorld, size: str, 
     assert page.evaluate("document.activeElement.closest('tr[data-request-id]') !== null")
     page.keyboard.press("Enter")
     page.wait_for_url("**/console/requests/**")
-    _shoot(page, f"request-{size}", out)
+    shoot(page, f"request-{size}", out)
 
     page.goto(f"{world.server.url}/console/requests/{edited['id']}")
-    _shoot(page, f"request-edited-{size}", out)
+    shoot(page, f"request-edited-{size}", out)
     page.goto(world.server.url + "/console/mine")
-    _shoot(page, f"mine-{size}", out)
+    shoot(page, f"mine-{size}", out)
     page.goto(world.server.url + "/console/sessions")
-    _shoot(page, f"sessions-{size}", out)
+    shoot(page, f"sessions-{size}", out)
     page.goto(world.server.url + "/console/passkeys")
-    _shoot(page, f"passkeys-{size}", out)
+    shoot(page, f"passkeys-{size}", out)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from conftest import RequestFactory
 from keyturn.channels.plan import PlanConfig, planner
 from keyturn.cli import app
+from keyturn.redact import UNKEYED
 from keyturn.store import Store
 from keyturn.store.outbox import DEAD, Outbox, Outcome
 from support.channels import webhook_settings
@@ -73,7 +74,7 @@ def test_outbox_list_retry_and_enable(
     database = f"sqlite:///{tmp_path / 'k.db'}"
     with Store.open(database) as store:
         store.upgrade()
-        store.planner = planner(PlanConfig(base_url="https://keyturn.example"))
+        store.planner = planner(PlanConfig(base_url="https://keyturn.example", redactor=UNKEYED))
         verdict = factory.review_verdict("sre")
         assert verdict.route is not None
         verdict = verdict.model_copy(

@@ -310,3 +310,38 @@ def test_bundle_verifies_in_a_separate_process_without_database_or_server(
         env={"PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 1 and "FAILED: event seq 2 (events.jsonl:3)" in done.stdout, done.stdout
+
+
+def test_ledger_verify_command_loads_only_what_verifying_needs(bundle: Path, tmp_path: Path) -> None:
+    # `keyturn ledger verify` runs per bundle in auditors' scripts: its whole-process time is its imports
+    # (issue #12). The command's module must not pull the store, the server or `rich` (only an error needs
+    # it); the CLI loads this module alone for `keyturn ledger …` (lazy subcommands). (pydantic is not in
+    # the list: typer itself imports it.)
+    script = (
+        "import sys\n"
+        "from keyturn.commands.ledger import app\n"
+        "try:\n"
+        "    app(sys.argv[1:], prog_name='keyturn ledger')\n"
+        "except SystemExit as exit:\n"
+        "    heavy = {'sqlalchemy', 'psycopg', 'fastapi', 'alembic', 'httpx', 'rich'}\n"
+        "    loaded = sorted({m.split('.')[0] for m in sys.modules} & heavy)\n"
+        "    loaded += sorted({'keyturn.store'} & set(sys.modules))\n"
+        "    print('loaded:', loaded)\n"
+        "    raise\n"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, "verify", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+
+    done = run("--bundle", str(bundle))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK: 46 events") and "loaded: []" in done.stdout, done.stdout
+    refused = run("--bundle", str(bundle), "--database", "sqlite:///nowhere.db")  # the error path still works
+    assert refused.returncode == 2 and "error: give one of --bundle DIR or --database URL" in refused.stderr

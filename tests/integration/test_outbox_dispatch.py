@@ -23,6 +23,7 @@ from keyturn.channels.plan import PlanConfig, planner
 from keyturn.channels.webhook import Endpoint, WebhookChannel
 from keyturn.config import DeliverySettings
 from keyturn.model import Escalation, RequestRecord, ReviewDecision
+from keyturn.redact import UNKEYED
 from keyturn.store import ConcurrentUpdate, Store, StoreError
 from keyturn.store.outbox import Outbox
 from support.webhook_receiver import SECRET, Received, WebhookReceiver
@@ -78,7 +79,7 @@ async def dispatching(
 ) -> AsyncIterator[Dispatcher]:
     endpoints = {name: Endpoint(name, r.url, Webhook(SECRET), None) for name, r in receivers.items()}
     channel = WebhookChannel(endpoints, base_url="http://keyturn.test", timeout=5)
-    dispatcher = Dispatcher(store, {"webhook": channel}, settings, "http://keyturn.test")
+    dispatcher = Dispatcher(store, {"webhook": channel}, settings, "http://keyturn.test", UNKEYED)
     await store.feed.start()
     task = asyncio.create_task(dispatcher.run())
     try:
@@ -96,7 +97,7 @@ async def wait_for(receiver: WebhookReceiver, condition: Any, timeout: float = 3
 
 @pytest.fixture
 def planned(store: Store) -> Store:
-    store.planner = planner(PlanConfig(base_url="http://keyturn.test"))
+    store.planner = planner(PlanConfig(base_url="http://keyturn.test", redactor=UNKEYED))
     return store
 
 
@@ -287,7 +288,7 @@ def test_any_replica_updates_the_card_another_one_posted(planned: Store, now_fac
     first, second = CardChannel(), CardChannel()
 
     async def run_one(channel: CardChannel, until: Any) -> None:
-        dispatcher = Dispatcher(planned, {"slack": channel}, FAST, "http://keyturn.test")  # type: ignore[dict-item]
+        dispatcher = Dispatcher(planned, {"slack": channel}, FAST, "http://keyturn.test", UNKEYED)  # type: ignore[dict-item]
         await planned.feed.start()
         task = asyncio.create_task(dispatcher.run())
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from keyturn import (
     Unreachable,
     UnserializableArguments,
 )
+from keyturn.sdk._core import LOST_EXECUTION
 from support.live import LiveServer, start_server
 
 AGENT = "agent:deploy-bot"
@@ -303,6 +305,7 @@ def test_an_idempotent_replay_of_a_finished_request_does_not_run_again(
         try:
             with gate.request(action, params={"n": 1}, idempotency_key="replay-me-" + action):
                 ran.append(attempt)
+            assert gate.flush()  # the outcome is reported in the background
         except NotRunnable as exc:
             assert exc.status == "succeeded"
     assert ran == [0]
@@ -365,10 +368,16 @@ def test_a_lost_submit_answer_is_retried_with_the_same_key(server: LiveServer) -
             return n
 
         assert act(1) == 1
-    assert transport.dropped == 1 and len(transport.submits) == 2
+    # The retry (same body, same key) finds the request the lost submit executed; a replay never hands out
+    # a second execution, so that request is closed as failed and the call is submitted once more.
+    assert transport.dropped == 1 and len(transport.submits) == 3
     assert transport.submits[0] == transport.submits[1]  # same body, same idempotency key
+    third = json.loads(transport.submits[2])
+    assert third["idempotency_key"] != json.loads(transport.submits[0])["idempotency_key"]
     assert ran == [True]
-    assert len(requests_for(server, action)) == 1
+    lost, ran_once = sorted(requests_for(server, action), key=lambda r: r["created_at"])
+    assert lost["status"] == "failed" and lost["result"]["detail"] == LOST_EXECUTION
+    assert ran_once["status"] == "succeeded"
 
 
 def test_an_unreachable_server_fails_closed() -> None:
@@ -537,7 +546,9 @@ async def test_async_unserialisable_arguments_and_lost_submit(server: LiveServer
             await act(object())
         assert requests_for(server, action) == []
         assert await act([1, 2]) == [1, 2]
-    assert transport.dropped == 1 and len(requests_for(server, action)) == 1
+    # the lost submit's request is closed as failed (nothing ran), the call ran under a second one
+    statuses = sorted(r["status"] for r in requests_for(server, action))
+    assert transport.dropped == 1 and statuses == ["failed", "succeeded"]
 
 
 @pytest.mark.postgresql
@@ -563,3 +574,118 @@ def test_waiting_on_one_replica_wakes_on_an_approval_given_on_another(
         assert request["status"] == "succeeded"
     finally:
         primary.stop()
+
+
+# --- the outcome report is off the caller's path ------------------------------------------------------------
+
+
+class HoldReports(httpx.BaseTransport):
+    """Answers the first `refuse` result reports with 503 without passing them on, and holds every report
+    until `release` is set: a slow, then refusing, server as the background sender sees it."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.release = threading.Event()
+        self.refuse = refuse
+        self.reports: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/result"):
+            assert self.release.wait(30)
+            if len(self.reports) < self.refuse:
+                self.reports.append(503)
+                return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+            response = self.inner.handle_request(request)
+            self.reports.append(response.status_code)
+            return response
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_guarded_call_returns_before_its_outcome_is_reported(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports()
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+        assert gate.guard(action)(lambda n: n * 2)(21) == 42  # returned while its report is held
+        (request,) = requests_for(server, action)
+        assert request["status"] == "executing" and transport.reports == []
+        transport.release.set()
+        assert gate.flush()
+    assert transport.reports == [200]
+    assert requests_for(server, action)[0]["status"] == "succeeded"
+
+
+def test_a_refused_report_is_retried_until_it_lands_and_close_flushes_it(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports(refuse=2)
+    transport.release.set()
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+
+        @gate.guard(action)
+        def act() -> str:
+            return "done"
+
+        assert act() == "done"
+    # closing the gate waited for the report through two 503s
+    assert transport.reports == [503, 503, 200]
+    (request,) = requests_for(server, action)
+    assert request["status"] == "succeeded" and request["result"]["output_digest"] == digest_of("done")
+
+
+class AsyncHoldReports(httpx.AsyncBaseTransport):
+    """`HoldReports` for `AsyncGate`."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.release = asyncio.Event()
+        self.refuse = refuse
+        self.reports: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/result"):
+            await self.release.wait()
+            if len(self.reports) < self.refuse:
+                self.reports.append(503)
+                return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+            response = await self.inner.handle_async_request(request)
+            self.reports.append(response.status_code)
+            return response
+        return await self.inner.handle_async_request(request)
+
+
+async def test_async_outcome_is_reported_in_the_background_through_a_refusal(server: LiveServer) -> None:
+    action, transport = unique("allow"), AsyncHoldReports(refuse=1)
+    async with AsyncGate(server.url, server.tokens[AGENT], transport=transport) as agate:
+
+        @agate.guard(action)
+        async def act(n: int) -> int:
+            return n + 1
+
+        assert await act(1) == 2  # returned while its report is held
+        assert (await asyncio.to_thread(requests_for, server, action))[0]["status"] == "executing"
+        transport.release.set()
+        assert await agate.flush()
+    assert transport.reports == [503, 200]
+    assert requests_for(server, action)[0]["status"] == "succeeded"
+
+
+def test_an_allowed_guarded_call_runs_after_one_round_trip(server: LiveServer) -> None:
+    action, transport = unique("allow"), HoldReports()
+    transport.release.set()
+    sent: list[str] = []
+    inner = transport.handle_request
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        return inner(request)
+
+    transport.handle_request = counting  # type: ignore[method-assign]
+    with Gate(server.url, server.tokens[AGENT], transport=transport) as gate:
+
+        @gate.guard(action)
+        def act() -> list[str]:
+            return list(sent)  # what had gone to the server when the body started
+
+        assert act() == ["POST /v1/actions"]
+    assert sent[-1].endswith("/result")
+    assert requests_for(server, action)[0]["status"] == "succeeded"

@@ -10,50 +10,30 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
+import httpx
 import pytest
 
-from conftest import fresh_postgres_schema
+from keyturn import Gate
 from keyturn.channels.base import Delivery, DeliveryFailed, DeliveryKind
 from keyturn.channels.slack import APPROVE, DENY
+from keyturn.redact import KEYED_PREFIX, REDACTED_KEY
 from keyturn.store import Store
 from support.live import keyturn_executable
-from support.slack_live import MALLORY, NEWBIE, PEOPLE, SlackWorld
+from support.slack_live import MALLORY, NEWBIE, PEOPLE, SlackWorld, Worlds
 
 ALICE_U, SAM_U, OLIVIA_U = "U0ALICE", "U0SAM", "U0OLIVIA"
 ALICE = PEOPLE[ALICE_U]
 
 
-class Worlds:
-    def __init__(self, tmp: pytest.TempPathFactory) -> None:
-        self.tmp = tmp
-        self.started: dict[str, SlackWorld] = {}
-        self.schemas = ExitStack()
-
-    def get(self, backend: str) -> SlackWorld:
-        if backend not in self.started:
-            url = self.schemas.enter_context(fresh_postgres_schema()) if backend == "postgresql" else None
-            world = SlackWorld.start(self.tmp.mktemp(f"slack-{backend}"), url)
-            self.started[backend] = world
-            world.link_everyone()
-        return self.started[backend]
-
-    def close(self) -> None:
-        for world in self.started.values():
-            world.stop()
-        self.schemas.close()
-
-
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
-    started = Worlds(tmp_path_factory)
-    try:
+    with Worlds.opened(tmp_path_factory, "slack") as started:
         yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -85,6 +65,69 @@ def test_card_shows_the_redacted_request(world: SlackWorld) -> None:
         assert expected in shown
     assert "hunter2" not in shown
     assert buttons(card) == [APPROVE, DENY]
+
+
+def test_a_request_routed_to_slack_is_posted_by_the_outbox_approved_there_and_runs_once(
+    world: SlackWorld,
+) -> None:
+    """The whole path, nothing posted by the test: the agent's guarded call submits and waits; the server's
+    planner writes the outbox row with the submit and its dispatcher posts the card; a linked sre approves
+    (with an edit) through the modal; the card shows who decided; the waiting call wakes and runs once with
+    the approved params; the card follows the request to `succeeded`."""
+    agent = world.server.tokens["agent:deploy-bot"]
+    runs: list[tuple[str, int]] = []
+    returned: list[str] = []
+    with Gate(world.server.url, agent, timeout=60) as gate:
+
+        @gate.guard("release.publish", resource=lambda service, **_: f"svc://{service}")
+        def publish(service: str, percent: int, api_token: str) -> str:
+            runs.append((service, percent))
+            return f"{service} at {percent}%"
+
+        waiting = threading.Thread(target=lambda: returned.append(publish("payments", 50, "tok-hunter2")))
+        waiting.start()
+        try:
+            request_id = _pending_request(world, "release.publish")
+            channel, ts, card = world.posted_card(request_id)
+            assert channel == world.fake.channel_id("#ops-approvals")
+            assert buttons(card) == [APPROVE, DENY]
+            # The dispatcher renders with the server's keyed redactor: the card's digest is the API's.
+            digest = world.view(request_id)["params"]["api_token"][REDACTED_KEY]
+            assert digest.startswith(KEYED_PREFIX) and digest in str(card)
+            assert "tok-hunter2" not in str(card)
+
+            modal = world.open_modal(ALICE_U, APPROVE, request_id, channel, ts)
+            answer = world.submit_modal(
+                ALICE_U, modal, {"keyturn_param:params.percent": "10", "keyturn_comment": "canary first"}
+            )
+            assert answer.status_code == 200 and answer.content == b"", answer.text
+            decided = world.wait_card(channel, ts, "approved by user:alice@example.com")
+            assert buttons(decided) == []
+        finally:
+            waiting.join(60)
+    assert not waiting.is_alive()
+    assert runs == [("payments", 10)] and returned == ["payments at 10%"]
+    world.wait_card(channel, ts, "succeeded (approved by user:alice@example.com)", timeout=30)
+    assert world.view(request_id)["status"] == "succeeded"
+    posted = [c for c in world.fake.ok_calls("chat.postMessage") if request_id in str(c.args)]
+    assert len(posted) == 1  # one card, updated in place on every transition
+
+
+def _pending_request(world: SlackWorld, action: str, timeout: float = 30.0) -> str:
+    """The id of the pending request of `action` (the one the waiting agent submitted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = httpx.get(
+            f"{world.server.url}/v1/actions",
+            params={"status": "pending"},
+            headers=world.server.headers("user:erin@example.com"),
+        )
+        listed.raise_for_status()
+        found = [r["id"] for r in listed.json()["items"] if r["action"] == action]
+        if found:
+            return str(found[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no pending {action} request within {timeout:g}s")
 
 
 def test_linked_qualified_human_approves_with_an_edit(world: SlackWorld) -> None:

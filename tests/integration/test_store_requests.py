@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
 
 from keyturn import workflow
@@ -405,6 +406,22 @@ def test_process_due_escalates_then_expires(store: Store, factory: RequestFactor
     assert store.get(later.id) == later
     assert event_types(store, record.id)[-2:] == [EventType.ESCALATED.value, EventType.EXPIRED.value]
     assert store.process_due(at + timedelta(days=1), due(at + timedelta(days=1))) == 1  # only `later` is left
+
+
+def test_one_sweep_expires_a_crowd_in_batches(store: Store, factory: RequestFactory) -> None:
+    """Issue #13 §5: 450 requests due at one instant are expired by one sweep, a few transactions in all
+    (before: one transaction per request and at most 100 per tick, so waiters learned of it late)."""
+    crowd = [factory.insert(store, factory.review_verdict(ttl=timedelta(minutes=1))) for _ in range(450)]
+    at = crowd[-1].created_at + timedelta(minutes=2)
+    commits: list[None] = []
+    listener = lambda _conn: commits.append(None)  # noqa: E731
+    sa_event.listen(store.engine, "commit", listener)
+    try:
+        assert store.process_due(at, due(at)) == 450
+    finally:
+        sa_event.remove(store.engine, "commit", listener)
+    assert {store.get(r.id).status for r in crowd} == {Status.EXPIRED}  # type: ignore[union-attr]
+    assert len(commits) <= -(-450 // store_module.DUE_BATCH_SIZE) + 1
 
 
 def test_process_due_expires_unused_grants(store: Store, factory: RequestFactory) -> None:

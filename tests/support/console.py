@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,12 @@ def register_passkey(world: ConsoleWorld, page: Page) -> None:
     page.locator("tr[data-passkey], #passkey-error:not([hidden])").first.wait_for()
     assert page.locator("#passkey-error").is_hidden(), page.locator("#passkey-error").inner_text()
     assert "test laptop" in page.locator("#passkeys").inner_text()
+
+
+def shoot(page: Page, name: str, out: Path) -> None:
+    """Nothing may overflow sideways (a phone scrolls only down); KEYTURN_SCREENSHOTS=DIR keeps the PNG."""
+    width = page.viewport_size["width"] if page.viewport_size else 0
+    overflow = page.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= width, f"{name}: the page is {overflow}px wide in a {width}px viewport"
+    if os.environ.get("KEYTURN_SCREENSHOTS"):
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)

@@ -62,6 +62,7 @@ class Call:
     args: dict[str, Any]
     status: int
     answer: dict[str, Any]
+    at: float = field(default_factory=time.perf_counter)  # answered (a post: stored), for benchmarks
 
 
 # --- Block Kit validation (the subset keyturn uses, with Slack's documented limits) ------------------------

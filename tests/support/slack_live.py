@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from conftest import fresh_postgres_schema
 from keyturn.channels.base import Delivery, DeliveryKind, MessageRef
 from keyturn.channels.slack import APPROVE, SlackChannel
 from keyturn.config import SecretSettings, SlackSettings
@@ -63,6 +67,14 @@ POLICY = (
     quorum: 1
     approvers: [sre]
     step_up: true
+  - name: releases are reviewed in Slack
+    match: {action: release.publish}
+    decision: review
+    quorum: 1
+    approvers: [sre]
+    editable: [params.percent]
+    redact: [params.api_token]
+    notify: ["slack:#ops-approvals"]
 """
 )
 
@@ -149,6 +161,23 @@ class SlackWorld:
         ref = asyncio.run(self.channel().post(delivery))
         assert isinstance(ref, MessageRef)
         return ref.conversation, ref.message_id
+
+    def posted_card(self, request_id: str, timeout: float = 30.0) -> tuple[str, str, dict[str, Any]]:
+        """(channel id, ts, message) of the card the server's own outbox posted for the request."""
+
+        def found(fake: FakeSlack) -> tuple[str, str, dict[str, Any]] | None:
+            for call in fake.calls:  # under the fake's lock (wait_for holds it)
+                if (
+                    call.method == "chat.postMessage"
+                    and call.answer.get("ok")
+                    and request_id in str(call.args)
+                ):
+                    channel, ts = call.answer["channel"], call.answer["ts"]
+                    return channel, ts, fake.messages[channel][ts]
+            return None
+
+        posted: tuple[str, str, dict[str, Any]] = self.fake.wait_for(found, timeout)
+        return posted
 
     def submit(self, who: str = "agent:deploy-bot", **body: Any) -> dict[str, Any]:
         body.setdefault("action", "db.export")
@@ -250,3 +279,35 @@ class SlackWorld:
             )
         finally:
             store.close()
+
+
+class Worlds:
+    """One linked `SlackWorld` per backend, started on first use and shared by a test module's tests."""
+
+    def __init__(self, tmp: pytest.TempPathFactory, prefix: str) -> None:
+        self.tmp = tmp
+        self.prefix = prefix
+        self.started: dict[str, SlackWorld] = {}
+        self.schemas = ExitStack()
+
+    @classmethod
+    @contextmanager
+    def opened(cls, tmp: pytest.TempPathFactory, prefix: str) -> Iterator[Worlds]:
+        worlds = cls(tmp, prefix)
+        try:
+            yield worlds
+        finally:
+            worlds.close()
+
+    def get(self, backend: str) -> SlackWorld:
+        if backend not in self.started:
+            url = self.schemas.enter_context(fresh_postgres_schema()) if backend == "postgresql" else None
+            world = SlackWorld.start(self.tmp.mktemp(f"{self.prefix}-{backend}"), url)
+            self.started[backend] = world
+            world.link_everyone()
+        return self.started[backend]
+
+    def close(self) -> None:
+        for world in self.started.values():
+            world.stop()
+        self.schemas.close()

@@ -8,9 +8,10 @@ from conftest import RequestFactory
 from keyturn import workflow
 from keyturn.channels.plan import PlanConfig, plan, primary_event
 from keyturn.model import ActionRequest, Escalation, EventType, ReviewDecision
+from keyturn.redact import UNKEYED
 from keyturn.store.outbox import Plan
 
-CONFIG = PlanConfig(base_url="https://keyturn.example", outcome_kind="slack")
+CONFIG = PlanConfig(base_url="https://keyturn.example", redactor=UNKEYED, outcome_kind="slack")
 
 
 def routed(
@@ -104,7 +105,7 @@ def test_the_outcome_goes_to_the_on_behalf_of_human_when_slack_is_configured(fac
         grant_id=factory.grant_id(),
     )
     assert ("outcome", "slack:@user:olivia@example.com", "request.denied") in kinds(plan(denied, CONFIG))
-    without_slack = PlanConfig(base_url="https://keyturn.example")
+    without_slack = PlanConfig(base_url="https://keyturn.example", redactor=UNKEYED)
     assert all(r.kind != "outcome" for r in plan(denied, without_slack).rows)
 
 

@@ -3,58 +3,22 @@ signs) makes real WebAuthn assertions, which `keyturn.passkeys` and the workflow
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from webauthn.helpers import bytes_to_base64url, encode_cbor
 
 from keyturn import passkeys, workflow
 from keyturn.model import (
     Authentication,
     AuthMethod,
-    PasskeyAssertion,
     Principal,
     PrincipalKind,
     ReviewDecision,
     params_digest,
 )
-
-RP_ID = "localhost"
-ORIGIN = "http://localhost:8300"
-UP, UV = 0x01, 0x04
-
-
-class SoftAuthenticator:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.key_id = b"\x01" * 16
-        self.count = 0
-        numbers = self.key.public_key().public_numbers()
-        self.cose = encode_cbor(
-            {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
-        )
-
-    def assert_(self, challenge: bytes, *, flags: int = UP | UV, origin: str = ORIGIN) -> PasskeyAssertion:
-        self.count += 1
-        auth_data = hashlib.sha256(RP_ID.encode()).digest() + bytes([flags]) + self.count.to_bytes(4, "big")
-        client_data = json.dumps(
-            {"type": "webauthn.get", "challenge": bytes_to_base64url(challenge), "origin": origin}
-        ).encode()
-        signature = self.key.sign(auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256()))
-        return PasskeyAssertion(
-            key_id=self.key_id.hex(),
-            public_key=self.cose.hex(),
-            rp_id=RP_ID,
-            origin=ORIGIN,
-            authenticator_data=auth_data.hex(),
-            client_data_json=client_data.hex(),
-            signature=signature.hex(),
-        )
+from support.soft_authenticator import UP, SoftAuthenticator
 
 
 def _statement(**changes: Any) -> dict[str, Any]:
@@ -233,3 +197,69 @@ def test_a_tier_may_require_passkey_signed_approvals(tmp_path: Any, factory: Any
         record, signer, ReviewDecision.APPROVE, "", factory.now, grant_id=factory.grant_id()
     )
     assert approved.record.status.value == "approved"
+
+
+def test_an_edit_onto_a_passkey_signed_tier_is_refused(tmp_path: Any, factory: Any) -> None:
+    """The record keeps its submitted route: an edit that policy would put on a `signature: passkey` tier
+    would otherwise be approved (here: by one unsigned click) without the signature the tier demands."""
+    from keyturn.model import ActionRequest
+    from keyturn.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\n"
+        "defaults: {approvers: [sre], ttl: 1h}\n"
+        "tiers:\n"
+        "  signed: {quorum: 1, approvers: [sre], signature: passkey}\n"
+        "rules:\n"
+        "  - name: big\n"
+        "    match: {action: db.export}\n"
+        "    when: 'params.eur > 100'\n"
+        "    decision: review\n"
+        "    tier: signed\n"
+        "  - name: small\n"
+        "    match: {action: db.export}\n"
+        "    decision: review\n"
+        "    quorum: 1\n"
+        "    approvers: [sre]\n"
+        "    editable: [params.eur]\n"
+    )
+    compiled = load_policy([path])
+    now = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    verdict = compiled.evaluate(
+        ActionRequest(action="db.export", params={"eur": 5}, requester=factory.agent), now
+    )
+    assert verdict.route is not None and verdict.route.signature is None
+    record = factory.submit(verdict, params={"eur": 5}).record
+    alice = factory.human("alice", "sre").model_copy(
+        update={"authn": Authentication(method=AuthMethod.OIDC, at=factory.now)}
+    )
+
+    def reevaluate(edited: ActionRequest) -> Any:
+        return compiled.evaluate(edited, now)
+
+    assert compiled.evaluate(record.request.with_params({"eur": 5000}), now).route.signature == "passkey"
+    with pytest.raises(workflow.EditRefused, match="passkey-signed"):
+        workflow.review(
+            record,
+            alice,
+            ReviewDecision.APPROVE,
+            "",
+            factory.tick(),
+            edited_params={"eur": 5000},
+            reevaluate=reevaluate,
+            grant_id=factory.grant_id(),
+        )
+    # An edit that stays off the signed tier is still an edit like any other.
+    narrowed = workflow.review(
+        record,
+        alice,
+        ReviewDecision.APPROVE,
+        "",
+        factory.now,
+        edited_params={"eur": 3},
+        reevaluate=reevaluate,
+        grant_id=factory.grant_id(),
+    )
+    assert narrowed.record.status.value == "approved"
+    assert narrowed.record.approved_params == {"eur": 3}

@@ -35,7 +35,7 @@ from keyturn.channels.base import Channel, Delivery, DeliveryFailed, DeliveryKin
 from keyturn.channels.plan import target_kind
 from keyturn.config import DeliverySettings
 from keyturn.model import Status
-from keyturn.redact import UNKEYED, Redactor
+from keyturn.redact import Redactor
 from keyturn.store import Store, StoreError, Subscription
 from keyturn.store.outbox import CANCELLED, DEAD, DONE, PENDING, Claimed, Outbox, Outcome, StoredRef
 from keyturn.views import request_view
@@ -64,12 +64,14 @@ class Dispatcher:
     channels: dict[str, Channel]
     settings: DeliverySettings
     base_url: str
+    # The server's keyed redactor (`Keyturn.redactor`), so cards show the API's digests. No default: the
+    # unkeyed one would put guessable digests of secrets in chat (guarantee 9).
+    redactor: Redactor
     clock: Clock = utcnow
     owner: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
     )
     rand: Callable[[], float] = random.random
-    redactor: Redactor = UNKEYED  # the server's keyed redactor: cards show the API's digests
 
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.store)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from keyturn import workflow
 from keyturn.channels.base import DeliveryKind
 from keyturn.model import EventType, RequestRecord, Route, Status
-from keyturn.redact import UNKEYED, Redactor
+from keyturn.redact import Redactor
 from keyturn.store.outbox import Plan, PlannedRow, Planner
 from keyturn.views import request_view
 
@@ -55,8 +55,9 @@ _PRIMARY = (
 @dataclass(frozen=True)
 class PlanConfig:
     base_url: str  # for the view an event carries (review_url)
+    # The server's keyed redactor, so a channel shows the API's digests; no default (see Dispatcher).
+    redactor: Redactor
     outcome_kind: str | None = None  # "slack" when Slack is configured: the on-behalf-of human is told
-    redactor: Redactor = UNKEYED  # the server's keyed redactor, so a channel shows the API's digests
 
 
 def target_kind(target: str) -> str:

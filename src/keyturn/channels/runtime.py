@@ -11,13 +11,13 @@ from keyturn.channels.dispatcher import Dispatcher
 from keyturn.channels.plan import PlanConfig, planner
 from keyturn.channels.registry import build_channels
 from keyturn.config import Settings
-from keyturn.redact import UNKEYED, Redactor
+from keyturn.redact import Redactor
 from keyturn.store import Store
 
 log = logging.getLogger("keyturn.channels")
 
 
-def install_planner(settings: Settings, store: Store, redactor: Redactor = UNKEYED) -> None:
+def install_planner(settings: Settings, store: Store, redactor: Redactor) -> None:
     """From now on every transition stored through `store` writes its outbox rows."""
     outcome_kind = "slack" if settings.channels.slack is not None else None
     store.planner = planner(
@@ -33,7 +33,7 @@ async def running_channels(settings: Settings, store: Store, redactor: Redactor)
     """
     channels = build_channels(settings, store)
     install_planner(settings, store, redactor)
-    dispatcher = Dispatcher(store, channels, settings.channels.delivery, settings.base_url, redactor=redactor)
+    dispatcher = Dispatcher(store, channels, settings.channels.delivery, settings.base_url, redactor)
     task = asyncio.create_task(dispatcher.run(), name="keyturn-outbox")
     try:
         yield dispatcher

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,15 +54,14 @@ from keyturn.channels.slack import (
     outcome_summary,
 )
 from keyturn.config import Settings, read_secret
-from keyturn.errors import ServiceError
+from keyturn.errors import NotFound, ServiceError
 from keyturn.identity.directory import Directory
 from keyturn.identity.users import UsersFile
 from keyturn.model import Authentication, AuthMethod, Principal, RequestRecord, ReviewDecision, Status
 from keyturn.redact import redact_params
 from keyturn.server.deps import Human
 from keyturn.server.errors import error_response
-from keyturn.service import Keyturn
-from keyturn.store.chat import ChatAccounts, ChatLink, LinkCodeInvalid
+from keyturn.service import ChatLink, Keyturn
 from keyturn.views import request_view, review_url
 
 log = logging.getLogger("keyturn.channels.slack")
@@ -100,17 +99,15 @@ def build_router(settings: Settings) -> APIRouter:
     app_token = read_secret(slack.app_token, "channels.slack.app_token") if slack.app_token else None
 
     def wiring(app: Any) -> Wiring:
-        """The Slack side's composition root (once per app): the only place it touches the store, for the
-        chat-account tables it owns and for reading a request a click names."""
+        """The Slack side's composition root (once per app). Chat links, the replay guard and the request a
+        click names all come from the service (`Keyturn.chat_*`, `request_on_card`), never the store."""
         existing: Wiring | None = getattr(app.state, "slack_wiring", None)
         if existing is None:
-            svc: Keyturn = app.state.keyturn
-            accounts = ChatAccounts(svc.store)
             existing = Wiring(
-                svc=svc,
-                accounts=accounts,
-                read=svc.store.get,
-                channel=SlackChannel(slack, token, accounts=accounts),
+                svc=app.state.keyturn,
+                # Only for calls answering a click (modal, ephemeral, card update): outcome DMs are the
+                # dispatcher's, so this channel needs no chat-account lookups of its own.
+                channel=SlackChannel(slack, token),
                 directory=Directory(_users(app)),
             )
             app.state.slack_wiring = existing
@@ -131,9 +128,7 @@ def build_router(settings: Settings) -> APIRouter:
 
         async def on_request(client: SocketModeClient, request: SocketModeRequest) -> None:
             envelope = str(request.envelope_id)
-            fresh = await to_thread.run_sync(
-                wired.accounts.first_sight, f"socket:{envelope}", "0", datetime.now(UTC)
-            )
+            fresh = await to_thread.run_sync(wired.svc.first_chat_delivery, f"socket:{envelope}", "0")
             background = BackgroundTasks()
             answer: dict[str, Any] | None = None
             if fresh and request.type == "interactive" and isinstance(request.payload, dict):
@@ -173,7 +168,7 @@ def build_router(settings: Settings) -> APIRouter:
             INTERACTIONS.labels(outcome="refused_signature").inc()
             return error_response(401, "invalid_signature", "Slack signature missing, invalid or too old")
         wired = wiring(request.app)
-        if not await to_thread.run_sync(wired.accounts.first_sight, signature, timestamp, datetime.now(UTC)):
+        if not await to_thread.run_sync(wired.svc.first_chat_delivery, signature, timestamp):
             INTERACTIONS.labels(outcome="replayed").inc()
             return error_response(401, "replayed", "this signed Slack request was seen before")
         # Only now is the body parsed: it is Slack's, and seen once.
@@ -190,21 +185,23 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/chat/links", tags=["chat"], summary="Link the chat account of a one-time code to you")
     def link(body: LinkBody, who: Human, request: Request) -> Any:
         try:
-            made = wiring(request.app).accounts.redeem(body.code, who.id, datetime.now(UTC))
-        except LinkCodeInvalid as exc:
-            return error_response(400, "invalid_link_code", str(exc), {"field": "body.code"})
+            made = wiring(request.app).svc.redeem_chat_link_code(who, body.code)
+        except ServiceError as exc:
+            return error_response(400, "invalid_link_code", exc.message, {"field": "body.code"})
         log.info("linked %s account %s/%s to %s", made.provider, made.team_id, made.user_id, who.id)
         return _link_json(made)
 
     @router.get("/v1/chat/links", tags=["chat"], summary="Your linked chat accounts")
     def links(who: Human, request: Request) -> dict[str, Any]:
-        return {"items": [_link_json(link) for link in wiring(request.app).accounts.links_of(who.id)]}
+        return {"items": [_link_json(link) for link in wiring(request.app).svc.accounts.chat_links(who)]}
 
     @router.delete(
         "/v1/chat/links/{provider}/{team_id}/{user_id}", tags=["chat"], summary="Unlink one of your accounts"
     )
     def unlink(provider: str, team_id: str, user_id: str, who: Human, request: Request) -> Any:
-        if not wiring(request.app).accounts.unlink(provider, team_id, user_id, who.id):
+        try:
+            wiring(request.app).svc.accounts.unlink_chat(who, provider, team_id, user_id)
+        except NotFound:
             return error_response(
                 404, "not_found", f"no linked {provider} account {team_id}/{user_id} of yours"
             )
@@ -231,9 +228,7 @@ def _link_json(link: ChatLink) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Wiring:
-    svc: Keyturn  # reviews go through `svc.review`, the one review path
-    accounts: ChatAccounts
-    read: Callable[[str], RequestRecord | None]  # a request by id, whoever asks (a click needs its state)
+    svc: Keyturn  # reviews go through `svc.review`, the one review path; chat links through `svc.chat_*`
     channel: SlackChannel
     directory: Directory
 
@@ -244,9 +239,7 @@ class Interaction:
     def __init__(self, settings: Settings, wired: Wiring, background: BackgroundTasks) -> None:
         self.settings = settings
         self.svc = wired.svc
-        self.read = wired.read
         self.channel = wired.channel
-        self.accounts = wired.accounts
         self.directory = wired.directory
         self.background = background
 
@@ -266,7 +259,7 @@ class Interaction:
 
     async def principal(self, team: str, user: str, *, offer_code: bool) -> Principal:
         slack = self.channel.settings
-        link = await to_thread.run_sync(self.accounts.link, PROVIDER, team, user)
+        link = await to_thread.run_sync(self.svc.chat_account, PROVIDER, team, user)
         if link is not None and link.method == "email" and not slack.link_by_email:
             link = None  # e-mail links count only while the admin keeps e-mail matching on
         if link is None and slack.link_by_email:
@@ -276,9 +269,7 @@ class Interaction:
                 raise _Refusal(
                     "Your Slack account is not linked to a keyturn identity; click the card again."
                 )
-            code = await to_thread.run_sync(
-                self.accounts.new_code, PROVIDER, team, user, datetime.now(UTC), LINK_CODE_TTL
-            )
+            code = await to_thread.run_sync(self.svc.chat_link_code, PROVIDER, team, user, LINK_CODE_TTL)
             minutes = int(LINK_CODE_TTL.total_seconds() // 60)
             raise _Refusal(
                 "Your Slack account is not linked to a keyturn identity yet, so this click was not counted. "
@@ -306,9 +297,9 @@ class Interaction:
         principal = self.directory.lookup(f"user:{email}")
         if principal is None:
             return None
-        link = ChatLink(PROVIDER, team, user, principal.id, "email", datetime.now(UTC))
-        await to_thread.run_sync(self.accounts.save_link, link)
-        return link
+        return await to_thread.run_sync(
+            self.svc.link_chat_account_by_email, PROVIDER, team, user, principal.id
+        )
 
     # --- a button on the card ------------------------------------------------------------------------
 
@@ -338,7 +329,7 @@ class Interaction:
             INTERACTIONS.labels(outcome="refused").inc()
             tell(refusal.message)
             return Response(status_code=200)
-        record = await to_thread.run_sync(self.read, request_id)
+        record = await to_thread.run_sync(self.svc.request_on_card, request_id)
         if record is None:
             tell(f"keyturn has no request {request_id}.")
             return Response(status_code=200)
@@ -385,7 +376,7 @@ class Interaction:
         except _Refusal as refusal:
             INTERACTIONS.labels(outcome="refused").inc()
             return _modal_error(COMMENT_BLOCK, refusal.message)
-        record = await to_thread.run_sync(self.read, request_id)
+        record = await to_thread.run_sync(self.svc.request_on_card, request_id)
         if record is None:
             return _modal_error(COMMENT_BLOCK, f"keyturn has no request {request_id}")
         if record.status is not Status.PENDING:
@@ -425,7 +416,7 @@ class Interaction:
 
     def _refresh_card(self, request_id: str, metadata: dict[str, Any]) -> None:
         async def refresh() -> None:
-            record = await to_thread.run_sync(self.read, request_id)
+            record = await to_thread.run_sync(self.svc.request_on_card, request_id)
             if record is not None and metadata.get("c") and metadata.get("t"):
                 view = request_view(record, base_url=self.settings.base_url, redactor=self.svc.redactor)
                 await self._update(str(metadata["c"]), str(metadata["t"]), view)

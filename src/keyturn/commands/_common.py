@@ -50,7 +50,7 @@ def admin_service(config: Path | None, database: str | None) -> Iterator[Admin]:
     resolved = settings(config, database)
     try:
         kek = key_encryption_key(resolved)
-        store = open_store(resolved.database)
+        store = open_store(resolved.database, group_commit=resolved.store.group_commit)
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keyturn.commands.output import failure
 from keyturn.ledger.note import NoteError, VerifierKey
 from keyturn.ledger.verify import CheckpointSource
 
@@ -35,6 +34,15 @@ KeyOption = Annotated[
     list[str] | None, typer.Option("--key", help="trusted verifier key name+hash+base64 (repeatable)")
 ]
 ConfigOption = Annotated[Path | None, typer.Option("--config", envvar="KEYTURN_CONFIG", help="keyturn.yaml")]
+
+
+def failure(message: str, code: int = 2, hint: str | None = None) -> typer.Exit:
+    """`keyturn.commands.output.failure` (same defaults), imported only when there is an error to print:
+    it loads `rich`, which a passing `keyturn ledger verify` (run per bundle by auditors' scripts) never
+    needs."""
+    from keyturn.commands.output import failure as report
+
+    return report(message, code, hint)
 
 
 def _trusted(keys: list[str] | None) -> list[VerifierKey]:
@@ -316,7 +324,10 @@ def report(
 @app.command("check-value")
 def check_value(
     seq: Annotated[int, typer.Argument(help="the event's seq", min=0)],
-    path: Annotated[str, typer.Argument(help="dotted path of the redacted value in the event's payload")],
+    path: Annotated[
+        str,
+        typer.Argument(help="dotted path of the redacted value (or of a keyed digest: params_digest)"),
+    ],
     value: Annotated[str, typer.Argument(help="the value to check (a string; JSON with --json)")],
     key_file: Annotated[
         list[Path],
@@ -329,6 +340,8 @@ def check_value(
     as_json: Annotated[bool, typer.Option("--json", help="VALUE is JSON (a number, an object…)")] = False,
 ) -> None:
     """Check that a redacted value in the ledger is VALUE, with the server's redaction key.
+
+    PATH may also name a keyed digest field, such as `params_digest` (VALUE: the whole params, with --json).
 
     The ledger keeps only a keyed digest (HMAC-SHA256) of what it redacts, so holding the ledger is not
     enough to confirm a guess; an auditor given the key can. Exit 0: it is that value; 1: it is not; 2:
@@ -359,9 +372,12 @@ def check_value(
             node = node[int(part)]
         else:
             raise failure(f"event {seq} has nothing at {path!r} (stopped at {part!r})")
-    if not (isinstance(node, dict) and set(node) == {REDACTED_KEY} and isinstance(node[REDACTED_KEY], str)):
+    if isinstance(node, dict) and set(node) == {REDACTED_KEY} and isinstance(node[REDACTED_KEY], str):
+        digest = node[REDACTED_KEY]
+    elif isinstance(node, str) and digest_kid(node) is not None:
+        digest = node  # a keyed digest field itself: `params_digest` of a whole params document
+    else:
         raise failure(f"{path!r} of event {seq} is not redacted: it is in the event as it is")
-    digest = node[REDACTED_KEY]
     kid = digest_kid(digest)
     if kid is not None and kid not in keys:
         raise failure(f"{path!r} of event {seq} is keyed with key {kid}, which no --key-file holds")

@@ -23,20 +23,7 @@ from urllib.parse import urlsplit
 
 from keyturn.identity.errors import AuthenticationError
 from keyturn.model import Principal
-from keyturn.store.console import PasskeyRow, PendingLogin, SessionRow, SqlConsoleRepository
-
-# Console identity data (sessions, passkeys, one-time ceremonies) is reached through this module, so the
-# console's routers never import the store.
-__all__ = [
-    "ActiveSession",
-    "ConsoleSessions",
-    "CookiePolicy",
-    "PasskeyRow",
-    "PendingLogin",
-    "SessionRefused",
-    "SqlConsoleRepository",
-    "cookie_policy",
-]
+from keyturn.store.console import SessionRow, SqlConsoleRepository
 
 SESSION_PREFIX = "kts_"
 TOUCH_EVERY = timedelta(seconds=30)  # last_seen_at is written at most this often per session

@@ -49,9 +49,18 @@ from keyturn.model import Principal, PrincipalKind, Role, canonical_principal_id
 
 log = logging.getLogger("keyturn.identity")
 
+# libyaml's loader where PyYAML was built with it: the pure-Python one takes a noticeable part of a start.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 INVALID_TOKEN = "invalid or revoked user token"
 WRONG_PASSWORD = "wrong user or password"
-_DUMMY_HASH = PasswordHasher().hash("keyturn-no-such-user")
+
+# What an unknown user's password is verified against, so that a miss costs what a wrong password costs.
+# A literal: hashing it at import took a noticeable part of a second of every start (Argon2 is slow on
+# purpose). Made with PasswordHasher()'s defaults (test_users_file_dummy_hash checks they still apply).
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$dj9YyXorTMh4xRxLMshKig$WGGTkNE6G5qTy+8ct+RfplKK4D21+nq2DFXf1upvHBA"
+)
 
 
 class _Strict(BaseModel):
@@ -140,8 +149,7 @@ def read_users(path: Path) -> UsersDocument:
 
 def parse_users(text: str, source: str) -> UsersDocument:
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
+        raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -154,6 +162,7 @@ def parse_users(text: str, source: str) -> UsersDocument:
     try:
         return UsersDocument.model_validate(raw)
     except ValidationError as exc:
+        root = yaml.compose(text, Loader=_LOADER)  # node positions, only to name where a problem is
         problems = []
         for error in exc.errors(include_url=False):
             loc = tuple(error["loc"])

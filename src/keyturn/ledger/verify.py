@@ -26,6 +26,7 @@ from typing import Any
 
 from keyturn.ledger.merkle import HASH_SIZE, CompactRange, hash_leaf
 from keyturn.ledger.note import NoteError, SignatureError, SignedCheckpoint, VerifierKey
+from keyturn.ledger.passkey_registry import REGISTERED, REVOKED, RegisteredPasskeys
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def verify_log(
     first = frontier.size
     result = VerifyResult(origin=origin, first_seq=first, pinned_keys=pinned_keys)
     used: dict[str, None] = {}
+    registered = RegisteredPasskeys(complete=first == 0)
     try:
         parsed = _parse_checkpoints(checkpoints, result)
         if origin is None and parsed:
@@ -213,7 +215,7 @@ def verify_log(
                     location=entry.location,
                 )
             if b'"passkey"' in entry.leaf:
-                _check_passkey(entry, seq, result)  # first: a changed assertion is named as such
+                _check_passkey(entry, seq, result, registered)  # first: a changed assertion is named as such
             computed = hash_leaf(entry.leaf)
             if entry.recorded_hash is not None and computed != entry.recorded_hash:
                 _fail(
@@ -245,13 +247,25 @@ def verify_log(
     return result
 
 
-def _check_passkey(entry: LeafEntry, seq: int, result: VerifyResult) -> None:
-    """A passkey-signed review: its signature must prove the review the event records (offline)."""
+def _check_passkey(entry: LeafEntry, seq: int, result: VerifyResult, registered: RegisteredPasskeys) -> None:
+    """A passkey-signed review: its signature must prove the review the event records (offline), with the
+    key the log registered for its reviewer. Registrations and revocations are read in log order."""
     try:
         event = json.loads(entry.leaf)
     except ValueError:
         return  # not JSON: the leaf checks above name it
-    if not isinstance(event, dict) or event.get("type") != "request.reviewed":
+    kind = event.get("type") if isinstance(event, dict) else None
+    if kind in (REGISTERED, REVOKED):
+        problem = registered.read(event, seq)
+        if problem is not None:
+            _fail(
+                "bad_passkey_registration",
+                f"event seq {seq} ({entry.location}): {problem}",
+                seq=seq,
+                location=entry.location,
+            )
+        return
+    if kind != "request.reviewed":
         return
     payload = event.get("payload")
     if not isinstance(payload, dict) or "passkey" not in payload:
@@ -259,7 +273,7 @@ def _check_passkey(entry: LeafEntry, seq: int, result: VerifyResult) -> None:
     # Imported here: a log without passkey reviews verifies with the standard library and cryptography only.
     from keyturn import passkeys
 
-    problem = passkeys.recorded_problem(event)
+    problem = passkeys.recorded_problem(event) or registered.review_problem(event)
     if problem is not None:
         _fail(
             "bad_passkey_signature",

@@ -9,11 +9,23 @@ an expression actually references.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-import cel
+# The `cel` package imports its interactive REPL (`cel.cli`: prompt_toolkit, pygments, rich, half a second
+# or more) whenever it is imported. keyturn never runs the REPL, so an empty module stands in for it
+# during the import; `import cel.cli` afterwards still loads the real one.
+_REPL = "cel.cli"
+if "cel" not in sys.modules and _REPL not in sys.modules:
+    sys.modules[_REPL] = ModuleType(_REPL)
+    try:
+        import cel
+    finally:
+        del sys.modules[_REPL]
+import cel  # noqa: E402  (after the stand-in above)
 
 #: The variables a `when` expression may use.
 VARIABLES = frozenset(

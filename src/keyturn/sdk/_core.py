@@ -394,6 +394,35 @@ def approval_fields(view: dict[str, Any], consumed: dict[str, Any]) -> dict[str,
     }
 
 
+def result_body(succeeded: bool, output_digest: str | None, detail: str) -> dict[str, Any]:
+    """The body of `POST /v1/actions/{id}/result`."""
+    body: dict[str, Any] = {"status": "succeeded" if succeeded else "failed", "detail": detail[:10_000]}
+    if output_digest:
+        body["output_digest"] = output_digest
+    return body
+
+
+def execution(view: dict[str, Any]) -> dict[str, Any] | None:
+    """What a submit with `execute: true` consumed for this caller (`consume`'s answer), if it did."""
+    executed = view.get("execution")
+    return executed if isinstance(executed, dict) else None
+
+
+LOST_EXECUTION = "the answer to the submit that consumed the grant was lost; nothing ran"
+
+
+def execution_lost(view: dict[str, Any], own_key: bool) -> bool:
+    """A submit answered `executing` without the execution: a retry of a submit that had consumed the grant
+    and whose answer was lost (a replay never hands out a second execution). With a key this client made
+    up, nobody else holds that execution: nothing ran under it."""
+    return own_key and view.get("status") == "executing" and execution(view) is None
+
+
+def rekeyed(body: dict[str, Any]) -> dict[str, Any]:
+    """The same submission under a new idempotency key: a new request, evaluated by policy afresh."""
+    return {**body, "idempotency_key": new_idempotency_key()}
+
+
 def submission_body(
     action: str,
     resource: str,
@@ -402,6 +431,8 @@ def submission_body(
     context: dict[str, Any] | None,
     on_behalf_of: str | None,
     idempotency_key: str,
+    *,
+    execute: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "action": action,
@@ -413,4 +444,6 @@ def submission_body(
     }
     if on_behalf_of:
         body["on_behalf_of"] = on_behalf_of
+    if execute:
+        body["execute"] = True
     return body

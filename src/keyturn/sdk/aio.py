@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from keyturn.sdk import _core
+from keyturn.sdk._reports import FLUSH_SECONDS, AsyncReportSender
 from keyturn.sdk._wait import watch
 from keyturn.sdk.errors import ApprovalTimeout, Denied, ServerError, Unreachable
 
@@ -51,11 +52,20 @@ class AsyncGate:
             timeout=_core.HTTP_TIMEOUT,
             transport=transport,
         )
+        self._reports = AsyncReportSender(self._http)
+        self._send_report: Callable[[str, dict[str, Any]], None] = self._reports.send
 
     def __repr__(self) -> str:
         return f"AsyncGate(url={self.url!r})"
 
+    async def flush(self, timeout: float = FLUSH_SECONDS) -> bool:
+        """Wait until the results reported in the background have landed (False: `timeout` passed first)."""
+        return await self._reports.flush(timeout)
+
     async def close(self) -> None:
+        """Flush the background reports (at most `FLUSH_SECONDS`), then close the connections."""
+        with anyio.CancelScope(shield=True):  # a cancelled owner must still not lose an outcome
+            await self._reports.close()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncGate:
@@ -164,9 +174,7 @@ class AsyncGate:
     async def report(
         self, request_id: str, succeeded: bool, *, output_digest: str | None = None, detail: str = ""
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": "succeeded" if succeeded else "failed", "detail": detail[:10_000]}
-        if output_digest:
-            body["output_digest"] = output_digest
+        body = _core.result_body(succeeded, output_digest, detail)
         response = await self._send("POST", f"/v1/actions/{request_id}/result", json=body)
         if response.status_code == 409:
             current = await self.get(request_id)
@@ -199,6 +207,12 @@ class AsyncGate:
                     await self.report(request_id, succeeded, output_digest=output_digest, detail=detail)
             except Exception as exc:
                 log.warning("could not report the outcome of keyturn request %s: %r", request_id, exc)
+
+    async def _report_later(
+        self, request_id: str, succeeded: bool, *, output_digest: str | None = None, detail: str = ""
+    ) -> None:
+        # After the guarded code ran, off the caller's path: retried in the background until it lands.
+        self._send_report(request_id, _core.result_body(succeeded, output_digest, detail))
 
     # --- request: the context manager ------------------------------------------------------------------
 
@@ -257,9 +271,13 @@ class AsyncGate:
             context,
             on_behalf_of,
             idempotency_key or _core.new_idempotency_key(),
+            execute=True,
         )
-        view = _core.json_body(await self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        view = await self._submit_executing(body, deadline, own_key=idempotency_key is None)
         request_id = str(view["id"])
+        executed = _core.execution(view)
+        if executed is not None:  # allowed outright: consumed by the submit itself, in one round trip
+            return _core.AsyncApproval(**_core.approval_fields(view, executed), _reporter=self._report_later)
         if not _core.decided(view):
             try:
                 if on_update is not None:
@@ -284,7 +302,20 @@ class AsyncGate:
         except Unreachable:
             await self._report_quietly(request_id, False, detail="consume answer lost; nothing ran")
             raise
-        return _core.AsyncApproval(**_core.approval_fields(view, consumed), _reporter=self._report_quietly)
+        return _core.AsyncApproval(**_core.approval_fields(view, consumed), _reporter=self._report_later)
+
+    async def _submit_executing(
+        self, body: dict[str, Any], deadline: float, *, own_key: bool
+    ) -> dict[str, Any]:
+        """Submit asking to execute. A lost answer to a submit that consumed the grant cannot be asked for
+        again (a replay hands out no second execution): that request is closed as failed, and the same
+        submission made once more as a new request."""
+        view = _core.json_body(await self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        if _core.execution_lost(view, own_key):
+            await self._report_later(str(view["id"]), False, detail=_core.LOST_EXECUTION)
+            rekeyed = _core.rekeyed(body)
+            view = _core.json_body(await self._send("POST", "/v1/actions", json=rekeyed, deadline=deadline))
+        return view
 
     # --- guard -----------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from keyturn.sdk import _core
+from keyturn.sdk._reports import FLUSH_SECONDS, ReportSender
 from keyturn.sdk._wait import Watcher
 from keyturn.sdk.errors import ApprovalTimeout, Denied, ServerError, Unreachable
 
@@ -54,13 +55,20 @@ class Gate:
             timeout=_core.HTTP_TIMEOUT,
             transport=transport,
         )
+        self._reports = ReportSender(self._http)
 
     def __repr__(self) -> str:
         return f"Gate(url={self.url!r})"  # never the key
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
+    def flush(self, timeout: float = FLUSH_SECONDS) -> bool:
+        """Wait until the results reported in the background have landed (False: `timeout` passed first)."""
+        return self._reports.flush(timeout)
+
     def close(self) -> None:
+        """Flush the background reports (at most `FLUSH_SECONDS`), then close the connections."""
+        self._reports.close()
         self._http.close()
 
     def __enter__(self) -> Gate:
@@ -181,9 +189,7 @@ class Gate:
         self, request_id: str, succeeded: bool, *, output_digest: str | None = None, detail: str = ""
     ) -> dict[str, Any]:
         """Report the outcome of an executed request (`succeeded` / `failed`)."""
-        body: dict[str, Any] = {"status": "succeeded" if succeeded else "failed", "detail": detail[:10_000]}
-        if output_digest:
-            body["output_digest"] = output_digest
+        body = _core.result_body(succeeded, output_digest, detail)
         response = self._send("POST", f"/v1/actions/{request_id}/result", json=body)
         if response.status_code == 409:
             # A retry whose first attempt had landed: the request is finished, which is what we wanted.
@@ -210,6 +216,12 @@ class Gate:
             self.report(request_id, succeeded, output_digest=output_digest, detail=detail)
         except Exception as exc:
             log.warning("could not report the outcome of keyturn request %s: %r", request_id, exc)
+
+    def _report_later(
+        self, request_id: str, succeeded: bool, *, output_digest: str | None = None, detail: str = ""
+    ) -> None:
+        # After the guarded code ran, off the caller's path: retried in the background until it lands.
+        self._reports.send(request_id, _core.result_body(succeeded, output_digest, detail))
 
     # --- request: the context manager ------------------------------------------------------------------
 
@@ -274,9 +286,13 @@ class Gate:
             context,
             on_behalf_of,
             idempotency_key or _core.new_idempotency_key(),
+            execute=True,
         )
-        view = _core.json_body(self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        view = self._submit_executing(body, deadline, own_key=idempotency_key is None)
         request_id = str(view["id"])
+        executed = _core.execution(view)
+        if executed is not None:  # allowed outright: consumed by the submit itself, in one round trip
+            return _core.Approval(**_core.approval_fields(view, executed), _reporter=self._report_later)
         if not _core.decided(view):
             try:
                 if on_update is not None:
@@ -301,7 +317,18 @@ class Gate:
             # The consume may or may not have landed; if it did, this caller is the executor and closes it.
             self._report_quietly(request_id, False, detail="consume answer lost; nothing ran")
             raise
-        return _core.Approval(**_core.approval_fields(view, consumed), _reporter=self._report_quietly)
+        return _core.Approval(**_core.approval_fields(view, consumed), _reporter=self._report_later)
+
+    def _submit_executing(self, body: dict[str, Any], deadline: float, *, own_key: bool) -> dict[str, Any]:
+        """Submit asking to execute. A lost answer to a submit that consumed the grant cannot be asked for
+        again (a replay hands out no second execution): that request is closed as failed, and the same
+        submission made once more as a new request."""
+        view = _core.json_body(self._send("POST", "/v1/actions", json=body, deadline=deadline))
+        if _core.execution_lost(view, own_key):
+            self._report_later(str(view["id"]), False, detail=_core.LOST_EXECUTION)
+            rekeyed = _core.rekeyed(body)
+            view = _core.json_body(self._send("POST", "/v1/actions", json=rekeyed, deadline=deadline))
+        return view
 
     # --- guard: the decorator --------------------------------------------------------------------------
 
@@ -380,6 +407,8 @@ class Gate:
             async with AsyncGate(
                 self.url, self.config.api_key, timeout=wait_for or self.timeout, on_denied=mode
             ) as gate:
+                # the outcome goes through this Gate's sender, so closing the per-call gate waits for nothing
+                gate._send_report = self._reports.send
                 inner = gate.guard(
                     action,
                     resource=resource,

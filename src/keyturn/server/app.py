@@ -24,14 +24,19 @@ from keyturn.operations import Operations
 from keyturn.server import errors, reloader
 from keyturn.server.api import actions, admin, grants, ledger, system
 from keyturn.server.console import HERE as CONSOLE_DIR
-from keyturn.server.console import build_console, ledger_routes, passkey_routes, policy_routes
+from keyturn.server.console import (
+    account_routes,
+    build_console,
+    ledger_routes,
+    passkey_routes,
+    policy_routes,
+)
 from keyturn.server.console import routes as console_routes
 from keyturn.server.limits import RequestGuard
 from keyturn.server.readiness import Readiness
 from keyturn.server.startup import Components, prepare
 from keyturn.service import Keyturn
 from keyturn.store import StoreUnavailable
-from keyturn.store.console import SqlConsoleRepository
 
 log = logging.getLogger("keyturn.server")
 
@@ -56,7 +61,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
         for problem in svc.unresolved_secrets():
             log.warning("%s: approved requests that are granted it will be refused at consume", problem)
         app.state.authenticator = build_authenticator(settings, store)
-        app.state.console = build_console(settings, SqlConsoleRepository(store), app.state.authenticator)
+        app.state.console = build_console(settings, svc, app.state.authenticator)
         await store.feed.start()
         timers = asyncio.create_task(_run_timers(svc, settings.timer_interval))
         try:
@@ -96,6 +101,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Fast
     app.include_router(passkey_routes.router)
     app.include_router(ledger_routes.router)
     app.include_router(policy_routes.router)
+    app.include_router(account_routes.router)
     app.mount("/console/static", StaticFiles(directory=str(CONSOLE_DIR / "static")), name="console-static")
     install_console_errors(app)
     if settings.channels.slack is not None:  # Slack interactivity and chat account links

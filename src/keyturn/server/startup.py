@@ -69,7 +69,7 @@ def prepare(settings: Settings) -> Components:
     if kek is None and _backend(settings.database) == "postgresql":
         raise StartupError(_NEED_KEK)  # before the database is touched: a failed start changes nothing
     with _removed_on_failure(_created_paths(settings)):
-        store = open_store(settings.database)
+        store = open_store(settings.database, group_commit=settings.store.group_commit)
         try:
             keyring = open_keyring(settings, store, kek)
             keyring.prepare()
@@ -129,11 +129,11 @@ def _kek(text: str, source: str) -> bytes:
         raise StartupError(str(exc)) from None
 
 
-def open_store(database: str) -> Store:
+def open_store(database: str, *, group_commit: bool = True) -> Store:
     """Open and migrate the database; `StartupError` names it (without its password) when it cannot."""
     where = safe_url(database)
     try:
-        store = Store.open(database)
+        store = Store.open(database, group_commit=group_commit)
     except StoreError as exc:
         raise StartupError(f"database {where}: {_one_line(str(exc))}") from None
     try:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from keyturn.model import Event
 from keyturn.store.errors import StoreError
 from keyturn.store.schema import console_logins, console_sessions, passkeys
 from keyturn.store.store import Store
@@ -153,7 +154,8 @@ class SqlConsoleRepository:
 
     # --- passkeys -----------------------------------------------------------------------------------
 
-    def add_passkey(self, row: PasskeyRow) -> None:
+    def add_passkey(self, row: PasskeyRow, events: tuple[Event, ...] = ()) -> None:
+        """Store a registered passkey; `events` (its ledger event) are appended in the same transaction."""
         try:
             with self._store._write() as tx:
                 tx.conn.execute(
@@ -169,6 +171,7 @@ class SqlConsoleRepository:
                         revoked_at=row.revoked_at,
                     )
                 )
+                self._store._append_events(tx.conn, events)
         except IntegrityError as exc:
             raise StoreError("this passkey is registered already") from exc
 
@@ -200,7 +203,9 @@ class SqlConsoleRepository:
             )
         return result.rowcount == 1
 
-    def revoke_passkey(self, credential_id: str, principal_id: str) -> bool:
+    def revoke_passkey(self, credential_id: str, principal_id: str, events: tuple[Event, ...] = ()) -> bool:
+        """False when not `principal_id`'s or revoked already; `events` are appended only if this call
+        revoked it."""
         with self._store._write() as tx:
             result = tx.conn.execute(
                 update(passkeys)
@@ -211,6 +216,8 @@ class SqlConsoleRepository:
                 )
                 .values(revoked_at=self._clock())
             )
+            if result.rowcount == 1:
+                self._store._append_events(tx.conn, events)
         return result.rowcount == 1
 
 

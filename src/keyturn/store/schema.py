@@ -101,6 +101,19 @@ request_groups = Table(
     Index(None, "group"),
 )
 
+# The review queue's index: one row per (route group, pending request), deleted in the transaction that
+# takes the request out of pending. A reviewer's queue reads only the rows of their own groups, newest
+# first, so its cost does not grow with the pending requests of other groups nor with decided ones
+# (`request_groups` keeps every request's groups for ever, for listings that include decided requests).
+pending_route_groups = Table(
+    "pending_route_groups",
+    metadata,
+    Column("group", Text, primary_key=True),
+    Column("created_at", UtcDateTime, primary_key=True),
+    Column("request_id", ID, ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True),
+    Index(None, "request_id"),
+)
+
 grants = Table(
     "grants",
     metadata,

@@ -1,13 +1,17 @@
 """`Store`: persistence of requests, grants, ledger events and decision records.
 
-Every write is one transaction. A transition (`keyturn.workflow.Transition`) is applied with a conditional
-update on the request's version, so of several callers that decided on the same state exactly one
-succeeds and the others get `ConcurrentUpdate` and decide again. The ledger events of a transition are
-appended in the same transaction, under a lock on the single `ledger_head` row, so sequence numbers are
-contiguous across replicas and the ledger can never disagree with the state.
+Every write is all or nothing. The writes of a request's life (submit, transition, decision record) are
+group-committed (`keyturn.store.commit`): concurrent ones share one transaction, each inside a savepoint of
+its own, and each returns only once that transaction has committed; other writes get a transaction each.
+A transition (`keyturn.workflow.Transition`) is applied with a conditional update on the request's
+version, so of several callers that decided on the same state exactly one succeeds and the others get
+`ConcurrentUpdate` and decide again. The ledger events of a transaction are appended at its end, in one
+append under a lock on the single `ledger_head` row, so sequence numbers are contiguous across replicas
+and the ledger can never disagree with the state.
 
-Lock order, the same in every transaction so none can deadlock: the request row first (insert, conditional
-update or `SELECT … FOR UPDATE`), then `ledger_head`, which is held only for the final inserts.
+Lock order, the same in every transaction so none can deadlock: request rows first (insert, conditional
+update or `SELECT … FOR UPDATE`; a group-committed batch takes them in request-id order), then
+`ledger_head`, which is held only for the final inserts.
 """
 
 from __future__ import annotations
@@ -21,25 +25,28 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
+    Select,
     and_,
     bindparam,
+    delete,
     exists,
     func,
     insert,
     or_,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -47,6 +54,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from keyturn import workflow
 from keyturn.model import Event, EventType, RequestRecord, Status
 from keyturn.store import migrate
+from keyturn.store.commit import Committer, Write
 from keyturn.store.engine import BEGIN_MODE, Backend, create, libpq_conninfo, normalise_url
 from keyturn.store.errors import (
     ConcurrentUpdate,
@@ -74,6 +82,7 @@ from keyturn.store.schema import (
     grants,
     ledger_head,
     ledger_keys,
+    pending_route_groups,
     request_groups,
     requests,
 )
@@ -81,6 +90,8 @@ from keyturn.store.schema import (
 log = logging.getLogger("keyturn.store")
 
 DueHandler = Callable[[RequestRecord], workflow.Transition | None]
+
+T = TypeVar("T")
 
 _IMMUTABLE_COLUMNS = ("id", "action", "resource", "requester", "idempotency_key", "created_at")
 
@@ -92,30 +103,29 @@ DUE_BATCH_SIZE = 200
 DUE_TIME_BUDGET = 5.0
 
 
-@dataclass
-class _Write:
-    """An open write transaction and the requests it changed (to notify once it commits)."""
-
-    conn: Connection
-    changed: set[str] = field(default_factory=set)
-
-
 class Store:
-    def __init__(self, engine: Engine, backend: Backend, feed: ChangeFeed) -> None:
+    def __init__(
+        self, engine: Engine, backend: Backend, feed: ChangeFeed, *, group_commit: bool = True
+    ) -> None:
         self.engine = engine
         self.backend = backend
         self.feed = feed
         # Which channel deliveries a transition causes (`keyturn.channels.plan`): written in the
         # transition's own transaction. None: nothing is delivered (tools that only read or migrate).
         self.planner: Planner | None = None
+        # The writes of a request's life (submit, transition, decision record) share commits with the
+        # concurrent ones (`keyturn.store.commit`); None: one transaction each (`store.group_commit: false`).
+        self.committer: Committer | None = (
+            Committer(self._transaction, self._seal, self.feed.after_commit) if group_commit else None
+        )
 
     @classmethod
-    def open(cls, url: str, **engine_options: Any) -> Store:
+    def open(cls, url: str, *, group_commit: bool = True, **engine_options: Any) -> Store:
         """`sqlite:///PATH` or `postgresql://…` (psycopg 3). Does not touch the schema: see `upgrade()`."""
         parsed, backend = normalise_url(url)
         engine = create(parsed, backend, **engine_options)
         feed = PostgresChangeFeed(libpq_conninfo(parsed)) if backend == "postgresql" else ChangeFeed()
-        return cls(engine, backend, feed)
+        return cls(engine, backend, feed, group_commit=group_commit)
 
     def upgrade(self) -> None:
         """Migrate the schema to the newest revision (safe when several replicas start at once)."""
@@ -123,6 +133,8 @@ class Store:
             migrate.upgrade(self.engine, self.backend)
 
     def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
         self.feed.close()
         self.engine.dispose()
 
@@ -171,23 +183,27 @@ class Store:
         record = transition.record
         requester = record.request.requester.id
         key = record.request.idempotency_key
-        try:
-            with self._write() as tx:
-                if key is not None:
-                    self._raise_if_key_used(tx.conn, requester, key)
+
+        def write(tx: Write) -> None:
+            if key is not None:
+                self._raise_if_key_used(tx.conn, requester, key)
+            tx.conn.execute(
+                insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+            )
+            groups = _route_groups(record)
+            if groups:
                 tx.conn.execute(
-                    insert(requests).values(**_request_columns(record), response=_dump_optional(response))
+                    insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
                 )
-                groups = _route_groups(record)
-                if groups:
-                    tx.conn.execute(
-                        insert(request_groups), [{"request_id": record.id, "group": g} for g in groups]
-                    )
-                self._save_grant(tx.conn, transition)
-                tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
-                self._write_outbox(tx.conn, transition)
-                self._append_events(tx.conn, transition.events)
-                tx.changed.add(record.id)
+                _index_pending(tx.conn, record, groups)
+            self._save_grant(tx.conn, transition)
+            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+            self._write_outbox(tx.conn, transition)
+            tx.append(transition.events)
+            tx.changed.add(record.id)
+
+        try:
+            self._commit(write, record.id)
         except IntegrityError as exc:
             # Two submits with one key raced (PostgreSQL): the later INSERT waited for the earlier commit
             # and then hit the unique constraint. Answer it like the sequential case.
@@ -203,18 +219,20 @@ class Store:
         Raises `ConcurrentUpdate` when the request moved on (or its grant was consumed) in the meantime,
         `NotFound` when there is no such request. Either way nothing is written.
         """
-        with self._write() as tx:
-            self._apply(tx, transition, expected_version)
+        self._commit(lambda tx: self._apply(tx, transition, expected_version), transition.record.id)
         return transition.record
 
     def set_response(self, request_id: str, response: dict[str, Any]) -> None:
         """Remember the first answer to a submit, replayed when the same idempotency key comes again."""
-        with self._write() as tx:
+
+        def write(tx: Write) -> None:
             result = tx.conn.execute(
                 update(requests).where(requests.c.id == request_id).values(response=_dump(response))
             )
             if result.rowcount == 0:
                 raise NotFound(f"no request {request_id}")
+
+        self._commit(write, request_id)
 
     def get(self, request_id: str) -> RequestRecord | None:
         with self._read() as conn:
@@ -240,33 +258,20 @@ class Store:
         """Newest first, `limit` at a time; pass the returned cursor back for the next page (None: no more).
 
         `reviewable_groups` keeps the requests whose route names at least one of these groups. Keyset
-        pagination: a page never repeats or skips a request, however many arrive in between.
+        pagination: a page never repeats or skips a request, however many arrive in between. The review
+        queue (pending, by groups) reads `pending_route_groups`, so it costs the same whether a thousand
+        or a million other requests are stored; the service still asks `workflow.may_review` of each.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        query = select(requests.c.record, requests.c.created_at, requests.c.id)
-        if status is not None:
-            query = query.where(requests.c.status == Status(status).value)
-        if requester is not None:
-            query = query.where(requests.c.requester == requester)
-        if reviewable_groups is not None:
-            if not reviewable_groups:
-                return [], None
-            query = query.where(
-                exists().where(
-                    request_groups.c.request_id == requests.c.id,
-                    request_groups.c.group.in_(sorted(reviewable_groups)),
-                )
-            )
-        if cursor is not None:
-            after_created, after_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    requests.c.created_at < after_created,
-                    and_(requests.c.created_at == after_created, requests.c.id < after_id),
-                )
-            )
-        query = query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit + 1)
+        after = None if cursor is None else _decode_cursor(cursor)
+        query: Select[Any] | None
+        if status == Status.PENDING and reviewable_groups and requester is None:
+            query = _review_queue_query(reviewable_groups, after, limit)
+        else:
+            query = _listing_query(status, requester, reviewable_groups, after, limit)
+        if query is None:
+            return [], None
         with self._read() as conn:
             rows = conn.execute(query).all()
         page = rows[:limit]
@@ -350,7 +355,7 @@ class Store:
                 self._apply_many(tx, transitions)
         return len(rows), len(transitions)
 
-    def _apply_many(self, tx: _Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
+    def _apply_many(self, tx: Write, transitions: list[tuple[workflow.Transition, int]]) -> None:
         """`_apply` for many transitions of rows this transaction holds: one executemany, one append."""
         updates = []
         for transition, expected_version in transitions:
@@ -371,13 +376,14 @@ class Store:
         if result.rowcount != len(updates):
             # Cannot happen while the rows are held; if it ever does, write nothing (the next sweep retries).
             raise ConcurrentUpdate(f"{len(updates) - result.rowcount} due requests moved during the sweep")
+        _unindex_decided(tx.conn, [transition.record for transition, _ in transitions])
         new_events: list[Event] = []
         for transition, _ in transitions:
             self._save_grant(tx.conn, transition)
             new_events.extend(transition.events)
             tx.changed.add(transition.record.id)
         # One lock of the ledger head for the whole batch, and one COPY on PostgreSQL.
-        self._append_events(tx.conn, tuple(new_events))
+        tx.append(tuple(new_events))
 
     def events_for_request(self, request_id: str) -> list[StoredEvent]:
         with self._read() as conn:
@@ -390,8 +396,10 @@ class Store:
 
     def record_decision(self, decision: DecisionRecord) -> None:
         """A policy evaluation that is not part of a submit (e.g. a re-check when a grant is consumed)."""
-        with self._write() as tx:
-            tx.conn.execute(insert(decision_records).values(**_decision_columns(decision)))
+        self._commit(
+            lambda tx: tx.conn.execute(insert(decision_records).values(**_decision_columns(decision))),
+            decision.request_id or "",
+        )
 
     def decisions(self, *, request_id: str | None = None, limit: int = 100) -> list[DecisionRecord]:
         query = select(decision_records).order_by(decision_records.c.ts, decision_records.c.id).limit(limit)
@@ -521,19 +529,41 @@ class Store:
 
     # --- transactions -------------------------------------------------------------------------------
 
+    def _commit(self, work: Callable[[Write], T], request_id: str) -> T:
+        """A write of a request's life: group-committed with the concurrent ones (`keyturn.store.commit`),
+        or in a transaction of its own when group commit is off. Returns once it is committed."""
+        if self.committer is None:
+            with self._write() as tx:
+                return work(tx)
+        with self._unavailable_on_operational_error():
+            return self.committer.run(work, request_id)
+
     @contextmanager
-    def _write(self) -> Iterator[_Write]:
+    def _write(self) -> Iterator[Write]:
         """One write transaction; the change feed hears about it only once it has committed."""
-        with self._unavailable_on_operational_error(), self.engine.connect() as conn:
+        with self._unavailable_on_operational_error(), self._transaction() as conn:
+            tx = Write(conn)
+            yield tx
+            self._seal(tx)
+        if tx.changed:
+            self.feed.after_commit(tx.changed)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction, committed on a clean exit. On SQLite it takes the write lock at BEGIN."""
+        with self.engine.connect() as conn:
             if self.backend == "sqlite":
                 conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
             with conn.begin():
-                tx = _Write(conn)
-                yield tx
-                if tx.changed:
-                    self.feed.before_commit(conn, tx.changed)
+                yield conn
+
+    def _seal(self, tx: Write) -> None:
+        """The end of every write transaction: its ledger events in one append (the ledger lock is taken
+        last and held only from here to the commit), then the change feed's part of the commit."""
+        if tx.events:
+            self._append_events(tx.conn, tuple(tx.events))
         if tx.changed:
-            self.feed.after_commit(tx.changed)
+            self.feed.before_commit(tx.conn, tx.changed)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -556,7 +586,7 @@ class Store:
 
     # --- the pieces of a transition -----------------------------------------------------------------
 
-    def _apply(self, tx: _Write, transition: workflow.Transition, expected_version: int) -> None:
+    def _apply(self, tx: Write, transition: workflow.Transition, expected_version: int) -> None:
         record = transition.record
         if record.version <= expected_version:
             raise StoreError(
@@ -576,9 +606,10 @@ class Store:
             if current is None:
                 raise NotFound(f"no request {record.id}")
             raise ConcurrentUpdate(f"request {record.id} is at version {current}, not {expected_version}")
+        _unindex_decided(tx.conn, [record])
         self._save_grant(tx.conn, transition)
         self._write_outbox(tx.conn, transition)
-        self._append_events(tx.conn, transition.events)
+        tx.append(transition.events)
         tx.changed.add(record.id)
 
     def _write_outbox(self, conn: Connection, transition: workflow.Transition) -> None:
@@ -687,6 +718,93 @@ def _request_columns(record: RequestRecord) -> dict[str, Any]:
         "record": record.model_dump_json(),
         "tier": record.verdict.route.tier if record.verdict.route is not None else None,
     }
+
+
+def _listing_query(
+    status: Status | None,
+    requester: str | None,
+    reviewable_groups: set[str] | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Select[Any] | None:
+    """Any listing but the review queue, newest first; None when it is empty by definition."""
+    query = select(requests.c.record, requests.c.created_at, requests.c.id)
+    if status is not None:
+        query = query.where(requests.c.status == Status(status).value)
+    if requester is not None:
+        query = query.where(requests.c.requester == requester)
+    if reviewable_groups is not None:
+        if not reviewable_groups:
+            return None
+        query = query.where(
+            exists().where(
+                request_groups.c.request_id == requests.c.id,
+                request_groups.c.group.in_(sorted(reviewable_groups)),
+            )
+        )
+    if after is not None:
+        query = query.where(_before(requests.c.created_at, requests.c.id, after))
+    return query.order_by(requests.c.created_at.desc(), requests.c.id.desc()).limit(limit + 1)
+
+
+def _review_queue_query(groups: set[str], after: tuple[datetime, str] | None, limit: int) -> Select[Any]:
+    """The pending requests routed to any of `groups`, newest first, read from `pending_route_groups`.
+
+    Each group contributes at most one page of candidates from its own slice of the index, so the cost is
+    `len(groups) * limit` index rows whatever else is pending or decided. The candidates drive the join
+    (ordered by their own columns, so no index of `requests` can tempt a planner into walking every
+    pending request instead); `UNION` keeps a request routed to two of the groups once. `status` is
+    still checked on the request row: the index only narrows where to look.
+    """
+    index = pending_route_groups
+    per_group = []
+    for group in sorted(groups):
+        candidates = select(index.c.request_id, index.c.created_at).where(index.c.group == group)
+        if after is not None:
+            candidates = candidates.where(_before(index.c.created_at, index.c.request_id, after))
+        candidates = candidates.order_by(index.c.created_at.desc(), index.c.request_id.desc()).limit(
+            limit + 1
+        )
+        per_group.append(select(candidates.subquery()))
+    union_of = per_group[0] if len(per_group) == 1 else union(*per_group)
+    found = union_of.subquery()
+    return (
+        select(requests.c.record, requests.c.created_at, requests.c.id)
+        .join_from(found, requests, requests.c.id == found.c.request_id)
+        .where(requests.c.status == Status.PENDING.value)
+        .order_by(found.c.created_at.desc(), found.c.request_id.desc())
+        .limit(limit + 1)
+    )
+
+
+def _before(
+    created_at: ColumnElement[datetime], row_id: ColumnElement[str], after: tuple[datetime, str]
+) -> ColumnElement[bool]:
+    """Rows after a keyset cursor in newest-first order. The leading `created_at <=` is implied by the
+    `or_` but is what lets both databases start the index scan at the cursor instead of filtering to it."""
+    after_created, after_id = after
+    return and_(
+        created_at <= after_created,
+        or_(created_at < after_created, and_(created_at == after_created, row_id < after_id)),
+    )
+
+
+def _index_pending(conn: Connection, record: RequestRecord, groups: list[str]) -> None:
+    """Enter a new request in the review queue's index under each of its route groups, if it is pending."""
+    if record.status is Status.PENDING and groups:
+        conn.execute(
+            insert(pending_route_groups),
+            [{"group": g, "created_at": record.created_at, "request_id": record.id} for g in groups],
+        )
+
+
+def _unindex_decided(conn: Connection, records: list[RequestRecord]) -> None:
+    """Take requests that are no longer pending out of the review queue's index, in their transition's
+    transaction. Requests without a route were never in it; for a reviewed request that has left pending
+    earlier this is a no-op delete on the `request_id` index (cheaper than remembering the old status)."""
+    decided = [r.id for r in records if r.status is not Status.PENDING and r.verdict.route is not None]
+    if decided:
+        conn.execute(delete(pending_route_groups).where(pending_route_groups.c.request_id.in_(decided)))
 
 
 def _route_groups(record: RequestRecord) -> list[str]:

@@ -105,8 +105,7 @@ def describe_tool_call(
 
 
 def _allowed(approval: Any, call: ToolCall) -> ClaudeDecision:
-    status = str((approval.view or {}).get("status") or "")
-    how = "allowed by policy" if status == "allowed" else "approved"
+    how = "allowed by policy" if (approval.view or {}).get("allowed_without_review") else "approved"
     if approval.edited:
         how += " with edited input"
     return ClaudeDecision(

@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 
 from keyturn.identity import AuthenticationError
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
+from keyturn.server.api.grants import consumed_view
 from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
 from keyturn.server.deps import Caller, Human, Service, on_behalf_of, watch_credential
 from keyturn.server.sse import EventStream, ServerEvent, json_event
@@ -48,11 +49,20 @@ def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool
 
 @router.post("", status_code=201, summary="Submit an action request")
 def submit(body: SubmitBody, request: Request, who: Caller, svc: Service) -> dict[str, Any]:
-    """`X-Keyturn-On-Behalf-Of-Token` (an RFC 8693 token naming the caller as `act`) proves on_behalf_of."""
-    fields = body.model_dump()
+    """`X-Keyturn-On-Behalf-Of-Token` (an RFC 8693 token naming the caller as `act`) proves on_behalf_of.
+
+    With `execute: true`, an action policy allows outright comes back already consumed by the caller
+    (`status: executing`, `execution` as `POST /v1/grants/consume` answers): one round trip instead of two.
+    """
+    fields = body.model_dump(exclude={"execute"})
     fields["on_behalf_of"], fields["on_behalf_of_verified"] = on_behalf_of(request, who, body.on_behalf_of)
-    record = svc.submit(who, Submission(**fields))
-    return render(svc, who, record)
+    if not body.execute:
+        return render(svc, who, svc.submit(who, Submission(**fields)))
+    submitted = svc.submit_and_execute(who, Submission(**fields))
+    view = render(svc, who, submitted.record)
+    if submitted.consumed is not None:
+        view["execution"] = consumed_view(submitted.consumed)
+    return view
 
 
 @router.get("", summary="List requests; reviewable=true gives the caller's review queue")

@@ -8,13 +8,18 @@ from fastapi import APIRouter
 
 from keyturn.server.api.schemas import ConsumeBody
 from keyturn.server.deps import Caller, Service
+from keyturn.service import Consumed
 
 router = APIRouter(prefix="/v1/grants", tags=["grants"])
 
 
 @router.post("/consume", summary="Consume a grant, exactly once; returns the approved action")
 def consume(body: ConsumeBody, who: Caller, svc: Service) -> dict[str, Any]:
-    consumed = svc.consume(who, body.grant)
+    return consumed_view(svc.consume(who, body.grant))
+
+
+def consumed_view(consumed: Consumed) -> dict[str, Any]:
+    """What may run now: also the `execution` of a submit with `execute: true` (`POST /v1/actions`)."""
     record = consumed.record
     return {
         "request_id": record.id,

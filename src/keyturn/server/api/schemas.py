@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyturn.model import canonical_json_problem, canonical_principal_id
+from keyturn.model import canonical_json_problem, canonical_principal_id, refuse_nul
 
 ACTION_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_*-]+)*$"
 
@@ -64,8 +64,8 @@ class Body(BaseModel):
         # Everything a body carries ends up in digests and ledger events: refuse what cannot be
         # canonicalised here, with the path, instead of failing later with a 500.
         name = info.field_name or "body"
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError(f"{name}: contains U+0000 (NUL), which no field may contain")
+        if isinstance(value, str):
+            refuse_nul(value, name)
         if isinstance(value, dict | list):
             problem = json_limits_problem(value, name)
             if problem:
@@ -76,7 +76,9 @@ class Body(BaseModel):
         return value
 
 
-class SubmitBody(Body):
+class ActionBody(Body):
+    """What an action request says: submitted as it is, or evaluated as a dry run."""
+
     action: str = Field(min_length=1, max_length=200, pattern=ACTION_PATTERN, examples=["db.export"])
     resource: str = Field(default="", max_length=2000, examples=["postgres://prod/customers"])
     params: dict[str, Any] = Field(default_factory=dict)
@@ -98,13 +100,24 @@ class SubmitBody(Body):
         return None if value is None else canonical_principal_id(value)
 
 
+class SubmitBody(ActionBody):
+    execute: bool = Field(
+        default=False,
+        description=(
+            "when policy allows the action outright, consume its grant in the same transaction and "
+            "answer with `execution` (what POST /v1/grants/consume answers); pending and denied "
+            "answers are unchanged"
+        ),
+    )
+
+
 class RequesterBody(Body):
     id: str = Field(min_length=1, max_length=320)
     kind: Literal["agent", "human"] = "agent"
     groups: list[str] = Field(default_factory=list, max_length=100)
 
 
-class EvaluateBody(SubmitBody):
+class EvaluateBody(ActionBody):
     requester: RequesterBody | None = Field(
         default=None, description="simulate another principal; defaults to the caller"
     )

@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi.templating import Jinja2Templates
 
-from keyturn.config import Settings
+from keyturn.config import ConfigError, Settings, read_secret
 from keyturn.identity.authenticator import Authenticator
-from keyturn.identity.sessions import ConsoleSessions, CookiePolicy, SqlConsoleRepository, cookie_policy
+from keyturn.identity.sessions import ConsoleSessions, CookiePolicy, cookie_policy
 from keyturn.identity.users import UsersFile
 from keyturn.server.console.oidc import OidcLogin, OidcLoginFlow, oidc_login_settings
+from keyturn.service import Keyturn
 
 HERE = Path(__file__).parent
 
@@ -31,14 +32,12 @@ class Console:
     users: UsersFile | None  # password login (users file), when enabled
     templates: Jinja2Templates
     http: httpx.AsyncClient
-    repository: SqlConsoleRepository  # passkeys and one-time ceremonies
     rp_id: str  # WebAuthn relying party id: the host of base_url
 
 
-def build_console(
-    settings: Settings, repository: SqlConsoleRepository, authenticator: Authenticator
-) -> Console:
-    """The console of this server. ValueError (one line) for a configuration that cannot work."""
+def build_console(settings: Settings, svc: Keyturn, authenticator: Authenticator) -> Console:
+    """The console of this server. ValueError or ConfigError (one line) for a configuration that cannot
+    work."""
     cookie = cookie_policy(settings.base_url, strict=False)
     parts = urlsplit(settings.base_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
@@ -48,9 +47,7 @@ def build_console(
         issuer, redirect_url = found
         verifier = next(v for v in authenticator.issuers if v.settings.issuer == issuer.issuer)
         secret = settings.console.client_secret
-        secret_value = ""
-        if secret is not None:
-            secret_value = _read_secret(secret.env, secret.file)
+        secret_value = "" if secret is None else read_secret(secret, "console.client_secret")
         oidc = OidcLoginFlow(
             OidcLogin(
                 issuer=issuer,
@@ -60,13 +57,12 @@ def build_console(
                 redirect_url=redirect_url,
                 scopes=settings.console.scopes,
             ),
-            repository,
+            svc.accounts,
             http,
         )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     return Console(
-        sessions=ConsoleSessions(
-            repository,
+        sessions=svc.accounts.sessions(
             idle_timeout=settings.console.idle_timeout,
             absolute_timeout=settings.console.absolute_timeout,
         ),
@@ -76,7 +72,6 @@ def build_console(
         users=authenticator.users if settings.console.password_login else None,
         templates=templates,
         http=http,
-        repository=repository,
         rp_id=parts.hostname or "localhost",
     )
 
@@ -89,23 +84,7 @@ def console_settings_problem(settings: Settings) -> str | None:
         found = oidc_login_settings(settings.console, settings.issuers, settings.base_url)
         secret = settings.console.client_secret
         if found is not None and secret is not None:
-            _read_secret(secret.env, secret.file)
-    except ValueError as exc:
+            read_secret(secret, "console.client_secret")
+    except (ValueError, ConfigError) as exc:
         return str(exc)
     return None
-
-
-def _read_secret(env: str | None, file: Path | None) -> str:
-    import os
-
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            raise ValueError(f"console.client_secret: environment variable {env} is not set")
-        return value
-    if file is not None:
-        try:
-            return file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"console.client_secret: cannot read {file}: {exc.strerror}") from None
-    raise ValueError("console.client_secret: give env or file")

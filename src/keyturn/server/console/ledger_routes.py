@@ -61,3 +61,22 @@ def inclusion_proof(seq: int, request: Request, con: ConsoleDep, svc: Service, s
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="keyturn-inclusion-{seq}.json"'},
     )
+
+
+@router.get("/console/ledger/verify")
+def verify_now(request: Request, con: ConsoleDep, svc: Service, s: Session) -> HTMLResponse:
+    """The live database verified now, as `keyturn ledger verify --database` does: the tree, every stored
+    checkpoint's signature, and every passkey-signed review against its reviewer's registered key."""
+    try:
+        result = svc.ledger(s.principal).verify([], [])
+    except ServiceError as exc:
+        return page(con, request, "error.html", 403, who=s.principal, message=exc.message)
+    return page(
+        con,
+        request,
+        "ledger_verify.html",
+        who=s.principal,
+        ok=result.ok,
+        summary=result.summary(),
+        code=result.problem.code if result.problem else "",
+    )

@@ -15,21 +15,18 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from authlib.integrations.httpx_client import AsyncOAuth2Client
-from authlib.oidc.core import CodeIDToken
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-from joserfc.jws import JWSRegistry
 
+from keyturn.accounts import Accounts
 from keyturn.config import ConsoleSettings, IssuerSettings
 from keyturn.identity.errors import AuthenticationError
 from keyturn.identity.oidc import IssuerVerifier
-from keyturn.identity.sessions import PendingLogin, SqlConsoleRepository
 from keyturn.model import Authentication, AuthMethod, Principal
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 log = logging.getLogger("keyturn.console")
 
@@ -54,9 +51,9 @@ class OidcLogin:
 
 
 class OidcLoginFlow:
-    def __init__(self, login: OidcLogin, repository: SqlConsoleRepository, http: httpx.AsyncClient) -> None:
+    def __init__(self, login: OidcLogin, accounts: Accounts, http: httpx.AsyncClient) -> None:
         self.login = login
-        self.repository = repository
+        self.accounts = accounts
         self._http = http
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
@@ -77,20 +74,17 @@ class OidcLoginFlow:
         url, _ = client.create_authorization_url(
             metadata["authorization_endpoint"], state=state, code_verifier=verifier, **extra
         )
-        self.repository.add_login(
-            PendingLogin(
-                state=state,
-                nonce=nonce,
-                code_verifier=verifier,
-                return_to=return_to + (f"#max_age={max_age}" if max_age is not None else ""),
-                created_at=datetime.now(UTC),
-            )
+        self.accounts.begin_ceremony(
+            state,
+            nonce=nonce,
+            code_verifier=verifier,
+            return_to=return_to + (f"#max_age={max_age}" if max_age is not None else ""),
         )
         return str(url)
 
     async def finish(self, state: str, code: str) -> tuple[Principal, str]:
         """Exchange the code, verify the ID token; returns the principal and where to go next."""
-        pending = self.repository.take_login(state)
+        pending = self.accounts.take_ceremony(state)
         if pending is None:
             raise LoginFailed("this login link was used already or is unknown; start again")
         if (datetime.now(UTC) - pending.created_at).total_seconds() > 600:
@@ -113,6 +107,9 @@ class OidcLoginFlow:
         return self._principal(claims, max_age), return_to
 
     def _client(self) -> AsyncOAuth2Client:
+        # authlib and joserfc load on the first login, not with every server: most have no OIDC console login.
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
         return AsyncOAuth2Client(
             client_id=self.login.client_id,
             client_secret=self.login.client_secret,
@@ -142,6 +139,12 @@ class OidcLoginFlow:
     async def _verify(
         self, id_token: str, nonce: str, access_token: Any, metadata: dict[str, Any]
     ) -> dict[str, Any]:
+        from authlib.oidc.core import CodeIDToken
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+        from joserfc.jws import JWSRegistry
+
         try:
             response = await self._http.get(metadata["jwks_uri"])
             response.raise_for_status()

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from webauthn import (
@@ -30,8 +31,7 @@ from webauthn.helpers.structs import (
 )
 
 from keyturn import passkeys, workflow
-from keyturn.identity.sessions import PasskeyRow, PendingLogin
-from keyturn.model import Authentication, AuthMethod, PasskeyAssertion, Principal, params_digest
+from keyturn.model import Authentication, AuthMethod, PasskeyAssertion, Principal, ReviewDecision
 from keyturn.server.console import Console
 from keyturn.server.console.routes import ConsoleDep, SameOrigin, Session, page
 from keyturn.server.deps import Service
@@ -44,15 +44,17 @@ CEREMONY_PREFIX = "passkey-registration:"
 
 
 @router.get("/console/passkeys")
-def passkeys_page(request: Request, con: ConsoleDep, s: Session, error: str = "") -> HTMLResponse:
-    rows = [p for p in con.repository.passkeys(s.principal.id) if p.revoked_at is None]
+def passkeys_page(
+    request: Request, con: ConsoleDep, svc: Service, s: Session, error: str = ""
+) -> HTMLResponse:
+    rows = svc.accounts.passkeys(s.principal)
     return page(con, request, "passkeys.html", who=s.principal, rows=rows, error=error)
 
 
 @router.post("/console/passkeys/options", dependencies=[SameOrigin])
-def registration_options(con: ConsoleDep, s: Session) -> Response:
+def registration_options(con: ConsoleDep, svc: Service, s: Session) -> Response:
     who = s.principal
-    existing = [p for p in con.repository.passkeys(who.id) if p.revoked_at is None]
+    existing = svc.accounts.passkeys(who)
     options = generate_registration_options(
         rp_id=con.rp_id,
         rp_name="keyturn",
@@ -67,20 +69,17 @@ def registration_options(con: ConsoleDep, s: Session) -> Response:
             PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id)) for p in existing
         ],
     )
-    con.repository.add_login(
-        PendingLogin(
-            state=CEREMONY_PREFIX + bytes_to_base64url(options.challenge),
-            nonce=who.id[:100],
-            code_verifier="passkey",
-            return_to="",
-            created_at=datetime.now(UTC),
-        )
+    svc.accounts.begin_ceremony(
+        CEREMONY_PREFIX + bytes_to_base64url(options.challenge),
+        nonce=who.id[:100],
+        code_verifier="passkey",
+        return_to="",
     )
     return Response(options_to_json(options), media_type="application/json")
 
 
 @router.post("/console/passkeys", dependencies=[SameOrigin])
-async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
+async def register(request: Request, con: ConsoleDep, svc: Service, s: Session) -> Response:
     body = await request.json()
     credential = body.get("credential") if isinstance(body, dict) else None
     name = str(body.get("name") or "passkey")[:100] if isinstance(body, dict) else "passkey"
@@ -91,7 +90,7 @@ async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
         challenge = str(client_data["challenge"])
     except (KeyError, TypeError, ValueError):
         return JSONResponse({"error": "credential: unreadable client data"}, status_code=400)
-    ceremony = con.repository.take_login(CEREMONY_PREFIX + challenge)
+    ceremony = await to_thread.run_sync(svc.accounts.take_ceremony, CEREMONY_PREFIX + challenge)
     if ceremony is None or ceremony.nonce != s.principal.id[:100] or _stale(ceremony.created_at):
         return JSONResponse({"error": "this registration was not started here, or expired"}, status_code=400)
     try:
@@ -104,25 +103,31 @@ async def register(request: Request, con: ConsoleDep, s: Session) -> Response:
         )
     except InvalidRegistrationResponse as exc:
         return JSONResponse({"error": f"refused: {exc}"}, status_code=400)
-    con.repository.add_passkey(
-        PasskeyRow(
-            credential_id=bytes_to_base64url(verified.credential_id),
-            principal_id=s.principal.id,
-            public_key=bytes_to_base64url(verified.credential_public_key),
-            sign_count=verified.sign_count,
-            name=name,
-            transports=tuple(str(t) for t in credential.get("response", {}).get("transports", []) or []),
-            created_at=datetime.now(UTC),
-            last_used_at=None,
-            revoked_at=None,
+    transports = credential.get("response", {}).get("transports", []) or []
+    try:
+        await to_thread.run_sync(
+            lambda: svc.accounts.register_passkey(
+                s.principal,
+                credential_id=bytes_to_base64url(verified.credential_id),
+                public_key=bytes_to_base64url(verified.credential_public_key),
+                sign_count=verified.sign_count,
+                name=name,
+                transports=[str(t) for t in transports],
+                rp_id=con.rp_id,
+                origin=con.origin,
+            )
         )
-    )
+    except ServiceError as exc:
+        return JSONResponse({"error": exc.message}, status_code=409)
     return JSONResponse({"ok": True})
 
 
 @router.post("/console/passkeys/{credential_id}/revoke", dependencies=[SameOrigin])
-def revoke(credential_id: str, con: ConsoleDep, s: Session) -> Response:
-    con.repository.revoke_passkey(credential_id[:700], s.principal.id)
+def revoke(credential_id: str, request: Request, con: ConsoleDep, svc: Service, s: Session) -> Response:
+    try:
+        svc.accounts.revoke_passkey(s.principal, credential_id[:700])
+    except ServiceError as exc:
+        return passkeys_page(request, con, svc, s, error=exc.message)
     return RedirectResponse("/console/passkeys", status_code=303)
 
 
@@ -138,18 +143,11 @@ def review_statement(
 ) -> dict[str, Any]:
     """The statement a passkey signs for this review, computed as the workflow will (edits merged)."""
     record = svc.get(who, request_id)
-    digest = None
+    approved = None
     if decision == "approve":
         current = workflow.effective_params(record)
-        digest = params_digest(merge_params(current, changes) if changes is not None else current)
-    return passkeys.statement(
-        request_id=record.id,
-        action=record.request.action,
-        resource=record.request.resource,
-        params_digest=digest,
-        decision=decision,
-        reviewer=who.id,
-    )
+        approved = merge_params(current, changes) if changes is not None else current
+    return workflow.review_statement(record, who.id, ReviewDecision(decision), approved, svc.redactor)
 
 
 @router.post("/console/requests/{request_id}/passkey-options", dependencies=[SameOrigin])
@@ -162,7 +160,7 @@ async def review_options(
     decision = str(form.get("decision", ""))
     if decision not in ("approve", "deny"):
         return JSONResponse({"error": "decision: approve or deny"}, status_code=400)
-    keys = [p for p in con.repository.passkeys(s.principal.id) if p.revoked_at is None]
+    keys = svc.accounts.passkeys(s.principal)
     if not keys:
         return JSONResponse(
             {"error": "you have no passkey yet: register one on the Passkeys page"}, status_code=400
@@ -185,7 +183,9 @@ async def review_options(
     return Response(options_to_json(options), media_type="application/json")
 
 
-def passkey_principal(con: Console, who: Principal, raw: str, document: dict[str, Any]) -> Principal:
+def passkey_principal(
+    con: Console, svc: Keyturn, who: Principal, raw: str, document: dict[str, Any]
+) -> Principal:
     """`who` signing this review with a passkey: verified now against the registered key (ServiceError)."""
     try:
         credential = json.loads(raw)
@@ -198,7 +198,7 @@ def passkey_principal(con: Console, who: Principal, raw: str, document: dict[str
         }
     except (ValueError, KeyError, TypeError):
         raise ServiceError("passkey: the assertion cannot be read", {"field": "assertion"}) from None
-    key = con.repository.passkey(credential_id)
+    key = svc.accounts.passkey(credential_id)
     if key is None or key.principal_id != who.id or key.revoked_at is not None:
         raise ServiceError("passkey: not one of your passkeys (or revoked)", {"field": "assertion"})
     assertion = PasskeyAssertion(
@@ -212,7 +212,7 @@ def passkey_principal(con: Console, who: Principal, raw: str, document: dict[str
     if problem is not None:
         raise ServiceError(f"passkey: {problem}", {"field": "assertion"})
     now = datetime.now(UTC)
-    if not con.repository.use_passkey(credential_id, key.sign_count, new_count, now) and new_count != 0:
+    if not svc.accounts.use_passkey(credential_id, key.sign_count, new_count, now) and new_count != 0:
         raise ServiceError("passkey: used concurrently (sign count moved); try again", {"field": "assertion"})
     return who.model_copy(
         update={"authn": Authentication(method=AuthMethod.PASSKEY, at=now, passkey=assertion)}

@@ -78,7 +78,7 @@ def page(con: Console, request: Request, name: str, status_code: int = 200, **co
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "frame-ancestors 'none'; form-action 'self' " + " ".join(_form_targets(con))
+        "frame-ancestors 'none'; form-action " + " ".join(["'self'", *_form_targets(con)])
     )
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
@@ -388,7 +388,7 @@ async def review(request_id: str, request: Request, con: ConsoleDep, svc: Servic
                 from keyturn.server.console import passkey_routes
 
                 document = passkey_routes.review_statement(svc, who, request_id, decision.value, changes)
-                signer = passkey_routes.passkey_principal(con, who, str(assertion)[:20_000], document)
+                signer = passkey_routes.passkey_principal(con, svc, who, str(assertion)[:20_000], document)
             svc.review(signer, request_id, decision, comment, changes)
         except ServiceError as exc:
             try:
