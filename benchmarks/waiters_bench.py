@@ -55,6 +55,11 @@ SETTLE_TIMEOUT = 120.0
 WAKE_TIMEOUT = 15.0
 APPROVAL_TIMEOUT = 30.0
 MODES = ("longpoll", "sse")
+HEADER = (
+    "| waiters | code | N | RSS MiB | RSS before waiters | KiB per waiter "
+    "| idle CPU % of a core ({idle:.0f} s) "
+    "| wakes / missed | wake p50 ms | wake p99 ms | approval POST p50 ms | p99 ms | load generator |"
+)
 
 
 def raise_fd_limit() -> int:
@@ -301,7 +306,8 @@ def measure(code: str, mode: str, server: LiveServer, args: argparse.Namespace, 
         print(
             f"  wakes {len(result.wakes_ms)} (missed {result.missed}), "
             f"p50 {pct(result.wakes_ms, 0.5):.1f} ms p99 {pct(result.wakes_ms, 0.99):.1f} ms; "
-            f"approval POST p50 {pct(result.approvals_ms, 0.5):.1f} ms p99 {pct(result.approvals_ms, 0.99):.1f} ms",
+            f"approval POST p50 {pct(result.approvals_ms, 0.5):.1f} ms "
+            f"p99 {pct(result.approvals_ms, 0.99):.1f} ms",
             flush=True,
         )
     finally:
@@ -365,21 +371,23 @@ def report(results: list[Result], args: argparse.Namespace, started: datetime, l
     for r in results:
         per_waiter = (r.rss_mib - r.rss_before_mib) * 1024 / r.waiters
         rows.append(
-            f"| {r.mode} | {r.code} | {r.waiters:,} | {r.rss_mib:.0f} | {r.rss_before_mib:.0f} | {per_waiter:.1f} "
+            f"| {r.mode} | {r.code} | {r.waiters:,} | {r.rss_mib:.0f} | {r.rss_before_mib:.0f} "
+            f"| {per_waiter:.1f} "
             f"| {r.idle_cpu_percent:.1f} | {len(r.wakes_ms)} / {r.missed} | {pct(r.wakes_ms, 0.5):.1f} "
-            f"| {pct(r.wakes_ms, 0.99):.1f} | {pct(r.approvals_ms, 0.5):.1f} | {pct(r.approvals_ms, 0.99):.1f} "
+            f"| {pct(r.wakes_ms, 0.99):.1f} | {pct(r.approvals_ms, 0.5):.1f} "
+            f"| {pct(r.approvals_ms, 0.99):.1f} "
             f"| {json.dumps(r.settled)} {r.note} |"
         )
     table = "\n".join(rows)
     return f"""# 10,000 waiters on one server
 
-Produced by `benchmarks/waiters_bench.py --waiters {args.waiters} --wakes {args.wakes} --idle {args.idle:.0f}
---requests {args.requests} --agents {args.agents}` from {started:%Y-%m-%d %H:%M} to {datetime.now(UTC):%H:%M} UTC;
-machine: {machine()}; load average (1, 5, 15 min) at each step: {"; ".join(loads)}. "before" is `{args.before}`
-(the code before issue #12's waiter work), "after" this tree; both run from the same virtualenv on SQLite, one
-after the other in the same run.
+Produced by `benchmarks/waiters_bench.py --waiters {args.waiters} --wakes {args.wakes}
+--idle {args.idle:.0f} --requests {args.requests} --agents {args.agents}` from {started:%Y-%m-%d %H:%M}
+to {datetime.now(UTC):%H:%M} UTC; machine: {machine()}; load average (1, 5, 15 min) at each step:
+{"; ".join(loads)}. "before" is `{args.before}` (the code before issue #12's waiter work), "after" this
+tree; both run from the same virtualenv on SQLite, one after the other in the same run.
 
-| waiters | code | N | RSS MiB | RSS before waiters | KiB per waiter | idle CPU % of a core ({args.idle:.0f} s) | wakes / missed | wake p50 ms | wake p99 ms | approval POST p50 ms | p99 ms | load generator |
+{HEADER.format(idle=args.idle)}
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
@@ -407,7 +415,7 @@ def run(args: argparse.Namespace) -> str:
             for mode in args.modes.split(","):
                 for code in codes:
                     print(f"{mode}, {code}: {args.waiters} waiters (load {load_average()})", flush=True)
-                    # The code before had a 1,000-connection limit: lifted for it, or it cannot hold the waiters.
+                    # The code before had a 1,000-connection limit: lifted, or it cannot hold the waiters.
                     settings: dict[str, Any] = {"log_level": "error"}
                     if code == "before":
                         settings["server"] = {"limit_concurrency": None}
