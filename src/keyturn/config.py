@@ -211,9 +211,10 @@ class ServerSettings(BaseModel):
     )
     keep_alive_timeout: float = Field(default=5.0, gt=0, description="seconds an idle connection stays open")
     limit_concurrency: int | None = Field(
-        default=1000,
+        default=16_384,
         ge=1,
-        description="connections + requests at once; more get 503 at once (null: no limit)",
+        description="connections + requests at once (waiters included; capped by the open-files limit); "
+        "more get 503 at once (null: only that cap)",
     )
     shutdown_timeout: float = Field(
         default=5.0, ge=0, description="seconds SIGTERM waits for requests in flight before closing them"

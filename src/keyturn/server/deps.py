@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from keyturn.identity import AuthorizationError
 from keyturn.identity.authenticator import ON_BEHALF_OF_HEADER
-from keyturn.identity.recheck import CredentialWatch
 from keyturn.model import Principal, PrincipalKind, Role, same_identity
+from keyturn.server.credential_sweep import Credential, CredentialSweep
 from keyturn.service import Keyturn
 
 
@@ -28,12 +30,18 @@ def principal(
     return who
 
 
-def watch_credential(request: Request, who: Principal) -> CredentialWatch:
-    """For a stream or a long-poll: the caller, re-authenticated from the same headers as time passes."""
-    authenticator = request.app.state.authenticator
-    authorization = request.headers.get("authorization")
-    x_api_key = request.headers.get("x-api-key")
-    return CredentialWatch(lambda: authenticator.authenticate(authorization, x_api_key), who)
+def watch_credential(
+    request: Request, who: Principal, wake: Callable[[], None]
+) -> AbstractContextManager[Credential]:
+    """For a stream or a long-poll: the caller's credential, re-checked by the app's one shared sweep
+    (keyturn.server.credential_sweep) with the call's own headers; `wake()` is called the moment it is
+    revoked or expires, and `credential.current()` then raises AuthenticationError."""
+    state = request.app.state
+    sweep: CredentialSweep | None = getattr(state, "credential_sweep", None)
+    if sweep is None:
+        sweep = state.credential_sweep = CredentialSweep(state.authenticator.authenticate)
+    headers = (request.headers.get("authorization"), request.headers.get("x-api-key"))
+    return sweep.watching(headers, who, wake)
 
 
 def on_behalf_of(request: Request, who: Principal, asserted: str | None) -> tuple[str | None, bool]:

@@ -1,4 +1,5 @@
-"""Refusals made before the application sees a request: bodies too large, NUL in the URL.
+"""Refusals made before the application sees a request: bodies too large, NUL in the URL; and the
+connection bounds `keyturn serve` gives uvicorn (keyturn.server.run).
 
 `RequestGuard` is plain ASGI, outermost, so it costs no parsing and no worker thread:
 
@@ -13,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import resource
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +23,43 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyturn import metrics
+
+log = logging.getLogger("keyturn.server.limits")
+
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4)
+MAX_HEAD_BYTES = 16 * 1024  # a request line plus headers; a JWT bearer token fits many times over
+FILES_RESERVED = 256  # descriptors kept for the database, the listener, logs, policy and key files
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (every connection is one); the
+    limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # not allowed here: keep what there is
+            pass
+    return soft
+
+
+def connection_limit(configured: int | None) -> int:
+    """`limit_concurrency` for uvicorn: the configured one, but never more connections than the process can
+    open files for — past that, accepting fails and clients see resets instead of a clear 503."""
+    ceiling = max(1, raise_open_files_limit() - FILES_RESERVED)
+    if configured is None or configured > ceiling:
+        if configured is not None:
+            log.warning(
+                "server.limit_concurrency %d is above what %d open files allow; using %d "
+                "(raise `ulimit -n` to hold more waiters)",
+                configured,
+                ceiling + FILES_RESERVED,
+                ceiling,
+            )
+        return ceiling
+    return configured
 
 
 class RequestGuard:

@@ -5,7 +5,12 @@
   a request, and then trickles its headers: the slowloris attack). `GuardedH11Protocol` adds it.
 - `keep_alive_timeout`: idle connections between requests are closed after it.
 - `limit_concurrency`: beyond this many connections plus requests in flight, uvicorn answers 503 at once
-  instead of letting every call slow down.
+  instead of letting every call slow down. Idle waiters (long-polls, SSE streams) are connections, and
+  cost a few KiB each, so the default (16,384) holds ten thousand of them; it is capped by the open-files
+  limit, which start-up raises to its hard limit (keyturn.server.limits.connection_limit).
+- `backlog` and `h11_max_incomplete_event_size`: a burst of thousands of waiters reconnecting at once
+  (a replica restarted behind a load balancer) queues in the kernel instead of being refused; a request
+  head may hold at most 16 KiB, so a slow client pins at most that much before `header_timeout`.
 - `shutdown_timeout`: SIGTERM stops accepting, waits at most this long for requests in flight (a slow
   request, a long-poll, an SSE stream), then closes them, so a stop is always bounded.
 """
@@ -18,6 +23,7 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keyturn.config import Settings
+from keyturn.server.limits import LISTEN_BACKLOG, MAX_HEAD_BYTES, connection_limit
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -69,6 +75,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "http": protocol,
         "timeout_keep_alive": bounds.keep_alive_timeout,
-        "limit_concurrency": bounds.limit_concurrency,
+        "limit_concurrency": connection_limit(bounds.limit_concurrency),
+        "backlog": LISTEN_BACKLOG,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "timeout_graceful_shutdown": bounds.shutdown_timeout,
     }

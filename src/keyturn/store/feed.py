@@ -2,7 +2,8 @@
 
 The store calls into the feed from worker threads; waiters live in an asyncio event loop. Each
 subscription remembers its loop and is handed changes with `loop.call_soon_threadsafe`, so publishing
-never touches asyncio state from the wrong thread.
+never touches asyncio state from the wrong thread. Subscriptions are indexed by request id: publishing a
+change costs the same with ten thousand other waiters as with none.
 
 `ChangeFeed` broadcasts inside one process (SQLite: every writer is in this process, or at least on this
 machine). `PostgresChangeFeed` adds `NOTIFY keyturn_changes, '<request id>'` inside each writing
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 
@@ -40,14 +40,20 @@ class Subscription:
     Use it as `async with feed.subscribe(rid) as changes:` and then either `await changes.wait(timeout)`
     or `async for changed_id in changes:`. Changes that arrive between two waits are kept, so re-reading
     the request after entering and before waiting never loses a wake-up.
+
+    Thousands of these sit idle at once (one per long-poll or SSE stream), so it is kept small: slots, and
+    the pending list is created by the first change rather than with every subscription.
     """
+
+    __slots__ = ("_feed", "_loop", "_pending", "_waiter", "request_id")
 
     def __init__(self, feed: ChangeFeed, request_id: str | None) -> None:
         self.request_id = request_id
         self._feed = feed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[str | None] = deque()
-        self._signal = asyncio.Event()
+        self._pending: list[str | None] | None = None
+        # A future only while someone waits (an asyncio.Event would keep a deque per subscription).
+        self._waiter: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Subscription:
         self._loop = asyncio.get_running_loop()
@@ -59,34 +65,41 @@ class Subscription:
     ) -> None:
         self._feed._remove(self)
 
-    def wants(self, request_id: str | None) -> bool:
-        return request_id is None or self.request_id is None or request_id == self.request_id
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
 
-    def deliver_threadsafe(self, request_id: str | None) -> bool:
-        """Called from any thread. False when the subscriber's loop is gone (the subscription is dead)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return False
-        try:
-            loop.call_soon_threadsafe(self._deliver, request_id)
-        except RuntimeError:  # the loop closed between the check and the call
-            return False
-        return True
+    def wake(self) -> None:
+        """From the subscriber's own loop: end the current (or next) wait as if anything had changed, e.g.
+        because the waiter's credential was revoked and it must look again."""
+        self._deliver(None)
 
     def _deliver(self, request_id: str | None) -> None:
-        self._pending.append(request_id)
-        self._signal.set()
+        if self._pending is None:
+            self._pending = [request_id]
+        else:
+            self._pending.append(request_id)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next_delivery(self) -> None:
+        assert self._loop is not None, "enter the subscription first"
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def wait(self, timeout: float) -> bool:
         """True as soon as a change arrived since the last wait (or entry); False after `timeout` seconds."""
         if not self._pending:
             try:
                 async with asyncio.timeout(max(timeout, 0.0)):
-                    await self._signal.wait()
+                    await self._next_delivery()
             except TimeoutError:
                 return False
-        self._pending.clear()
-        self._signal.clear()
+        self._pending = None
         return True
 
     def __aiter__(self) -> AsyncIterator[str | None]:
@@ -95,9 +108,13 @@ class Subscription:
     async def __anext__(self) -> str | None:
         """The next changed request id (`None`: anything may have changed, re-read everything)."""
         while not self._pending:
-            self._signal.clear()
-            await self._signal.wait()
-        return self._pending.popleft()
+            await self._next_delivery()
+        return self._pending.pop(0)
+
+
+def _deliver_all(subscriptions: list[Subscription], request_id: str | None) -> None:
+    for subscription in subscriptions:
+        subscription._deliver(request_id)
 
 
 class ChangeFeed:
@@ -105,7 +122,9 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscriptions: set[Subscription] = set()
+        # Indexed by request id, so a commit touches only that request's waiters (and the subscribers to
+        # everything, under the key None), however many others are waiting.
+        self._subscriptions: dict[str | None, set[Subscription]] = {}
 
     # --- for waiters --------------------------------------------------------------------------------
 
@@ -130,13 +149,30 @@ class ChangeFeed:
     # --- for the store ------------------------------------------------------------------------------
 
     def publish(self, request_id: str | None) -> None:
-        """Wake the subscribers of `request_id` (`None`: everyone). Safe from any thread."""
+        """Wake the subscribers of `request_id` (`None`: everyone). Safe from any thread.
+
+        One `call_soon_threadsafe` per event loop, not per subscriber: a wake-up for everyone (after the
+        listener reconnects) is one hand-over to the server's loop, however many are waiting."""
         with self._lock:
-            targets = [s for s in self._subscriptions if s.wants(request_id)]
-        dead = [s for s in targets if not s.deliver_threadsafe(request_id)]
-        if dead:
-            with self._lock:
-                self._subscriptions.difference_update(dead)
+            if request_id is None:
+                targets = [s for group in self._subscriptions.values() for s in group]
+            else:
+                targets = [*self._subscriptions.get(request_id, ()), *self._subscriptions.get(None, ())]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Subscription]] = {}
+        dead: list[Subscription] = []
+        for subscription in targets:
+            loop = subscription.loop
+            if loop is None or loop.is_closed():
+                dead.append(subscription)
+            else:
+                by_loop.setdefault(loop, []).append(subscription)
+        for loop, subscriptions in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, subscriptions, request_id)
+            except RuntimeError:  # the loop closed between the check and the call
+                dead.extend(subscriptions)
+        for subscription in dead:
+            self._remove(subscription)
 
     def before_commit(self, connection: Connection, request_ids: Iterable[str]) -> None:
         """Inside the writing transaction, just before it commits."""
@@ -149,15 +185,19 @@ class ChangeFeed:
     @property
     def subscriber_count(self) -> int:
         with self._lock:
-            return len(self._subscriptions)
+            return sum(len(group) for group in self._subscriptions.values())
 
     def _add(self, subscription: Subscription) -> None:
         with self._lock:
-            self._subscriptions.add(subscription)
+            self._subscriptions.setdefault(subscription.request_id, set()).add(subscription)
 
     def _remove(self, subscription: Subscription) -> None:
         with self._lock:
-            self._subscriptions.discard(subscription)
+            group = self._subscriptions.get(subscription.request_id)
+            if group is not None:
+                group.discard(subscription)
+                if not group:
+                    del self._subscriptions[subscription.request_id]
 
 
 class PostgresChangeFeed(ChangeFeed):

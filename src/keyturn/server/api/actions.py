@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
-from sse_starlette.sse import EventSourceResponse
 
 from keyturn.identity import AuthenticationError
 from keyturn.model import Principal, RequestRecord, ReviewDecision, Status
 from keyturn.server.api.grants import consumed_view
 from keyturn.server.api.schemas import CancelBody, ResultBody, ReviewBody, SubmitBody
 from keyturn.server.deps import Caller, Human, Service, on_behalf_of, watch_credential
+from keyturn.server.sse import EventStream, ServerEvent, json_event
 from keyturn.service import Keyturn, ServiceError, Submission
 from keyturn.views import request_view
 
 router = APIRouter(prefix="/v1/actions", tags=["actions"])
 
 MAX_WAIT_SECONDS = 300.0
-SSE_RECHECK_SECONDS = (20.0, 40.0)  # an idle stream re-reads its request once in this window
+SSE_PING_SECONDS = (12.0, 18.0)  # an idle stream writes a keep-alive comment once in this window
 _jitter = random.Random()
+
+
+class Changes(Protocol):
+    """A feed subscription, as a waiter uses it."""
+
+    def wake(self) -> None: ...
+
+    async def wait(self, timeout: float) -> bool: ...
 
 
 def render(svc: Keyturn, who: Principal, record: RequestRecord, *, history: bool = False) -> dict[str, Any]:
@@ -102,49 +110,76 @@ async def wait(
     timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 30.0,
 ) -> dict[str, Any]:
     """Returns as soon as the request leaves `pending` (approved, allowed, denied, expired, cancelled…);
-    401 as soon as the caller's credential is revoked or expires while it waits."""
+    401 as soon as the caller's credential is revoked or expires while it waits.
+
+    While it waits it holds no worker thread and reads nothing: it sleeps on its feed subscription, which
+    a commit of this request, the shared credential sweep or the deadline wakes."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    watch = watch_credential(request, who)
     async with svc.changes(request_id) as changes:
-        while True:
-            who = await watch.principal()
-            record = await to_thread.run_sync(svc.get, who, request_id)
-            remaining = deadline - loop.time()
-            if record.status is not Status.PENDING or remaining <= 0:
-                view = await to_thread.run_sync(partial(render, svc, who, record))
-                view["timed_out"] = record.status is Status.PENDING
-                return view
-            await changes.wait(watch.wait_seconds(remaining))
+        with watch_credential(request, who, changes.wake) as credential:
+            while True:
+                caller = credential.current()
+                record = await to_thread.run_sync(svc.get, caller, request_id)
+                remaining = deadline - loop.time()
+                if record.status is not Status.PENDING or remaining <= 0:
+                    view = await to_thread.run_sync(partial(render, svc, caller, record))
+                    view["timed_out"] = record.status is Status.PENDING
+                    return view
+                del record  # ~10 KiB that ten thousand waiters would otherwise keep while they sleep
+                await changes.wait(remaining)
 
 
 @router.get("/{request_id}/events", summary="Server-Sent Events of the request's transitions")
-async def events(request_id: str, request: Request, who: Caller, svc: Service) -> EventSourceResponse:
-    await to_thread.run_sync(svc.get, who, request_id)  # 404 before the stream starts
-    watch = watch_credential(request, who)
+async def events(request_id: str, request: Request, who: Caller, svc: Service) -> EventStream:
+    """A `state` event now and at every transition until the request is decided; an `error` event, and the
+    end, when the caller's credential is revoked or expires. Comment lines keep idle streams alive."""
+    # Subscribed before the first read, so a transition between the read and the wait is not missed.
+    changes = svc.changes(request_id)
+    subscription = await changes.__aenter__()
+    try:
+        first = await to_thread.run_sync(svc.get, who, request_id)  # 404 before the stream starts
+    except BaseException:
+        await changes.__aexit__(None, None, None)
+        raise
+    return EventStream(_transitions(request, svc, who, first, changes, subscription))
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        last_version = -1
-        async with svc.changes(request_id) as changes:
-            while not await request.is_disconnected():
-                try:
-                    caller = await watch.principal()  # a revoked or expired credential ends the stream
-                    record = await to_thread.run_sync(svc.get, caller, request_id)
-                except (AuthenticationError, ServiceError) as exc:
-                    code = "unauthenticated" if isinstance(exc, AuthenticationError) else exc.code
-                    error = {"error": {"code": code, "message": str(exc)}}
-                    yield {"event": "error", "data": json.dumps(error)}
-                    return
+
+async def _transitions(
+    request: Request,
+    svc: Keyturn,
+    who: Principal,
+    record: RequestRecord,
+    changes: AbstractAsyncContextManager[Changes],
+    subscription: Changes,
+) -> AsyncIterator[ServerEvent | None]:
+    try:
+        with watch_credential(request, who, subscription.wake) as credential:
+            last_version = -1
+            while True:
                 if record.version != last_version:
                     last_version = record.version
-                    view = await to_thread.run_sync(partial(render, svc, caller, record, history=True))
-                    data = json.dumps(jsonable_encoder(view))  # history timestamps are datetimes
-                    yield {"event": "state", "id": str(record.version), "data": data}
+                    yield await to_thread.run_sync(_state_event, svc, who, record)
                     if record.status.terminal:
                         return
-                # Woken at once by a change; otherwise a re-read now and then as a safety net, at a
-                # random moment so that many open streams never hit the database in step — and no later
-                # than the credential's next re-check.
-                await changes.wait(watch.wait_seconds(_jitter.uniform(*SSE_RECHECK_SECONDS)))
+                request_id = record.id
+                del record  # ~10 KiB that ten thousand streams would otherwise keep while they sleep
+                # Idle streams ping at random moments in a window, so ten thousand never write in step.
+                while not await subscription.wait(_jitter.uniform(*SSE_PING_SECONDS)):
+                    if await request.is_disconnected():
+                        return
+                    yield None
+                try:
+                    who = credential.current()  # a revoked or expired credential ends the stream
+                    record = await to_thread.run_sync(svc.get, who, request_id)
+                except (AuthenticationError, ServiceError) as exc:
+                    code = "unauthenticated" if isinstance(exc, AuthenticationError) else exc.code
+                    yield json_event("error", {"error": {"code": code, "message": str(exc)}})
+                    return
+    finally:
+        await changes.__aexit__(None, None, None)
 
-    return EventSourceResponse(stream(), ping=15)
+
+def _state_event(svc: Keyturn, who: Principal, record: RequestRecord) -> ServerEvent:
+    view = render(svc, who, record, history=True)
+    return json_event("state", jsonable_encoder(view), id=str(record.version))  # history holds datetimes
