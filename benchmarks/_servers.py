@@ -1,7 +1,5 @@
 """What the benchmarks that start real `keyturn serve` processes share: a PostgreSQL schema of their own,
 nearest-rank quantiles, and the machine line every recorded figure carries.
-
-wakeup_bench.py keeps copies of these three (its own file); they can import from here the same way.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from wakeup_bench import machine, postgres_schema
+from _servers import machine, postgres_schema
 
 from keyturn import workflow
 from keyturn.identity.users import set_user_password

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from wakeup_bench import _quantile, machine, postgres_schema  # noqa: E402
+from _servers import machine, postgres_schema, quantile  # noqa: E402
 
 from keyturn import Gate  # noqa: E402
 from support.live import LiveServer, start_server  # noqa: E402
@@ -85,13 +85,13 @@ def measure(url: str, token: str, samples: int) -> dict[str, list[float]]:
 
 def rows(backend: str, latencies: dict[str, list[float]]) -> list[str]:
     ms = {name: sorted(x * 1000 for x in values) for name, values in latencies.items()}
-    floor50, floor99 = _quantile(ms["noop"], 0.5), _quantile(ms["noop"], 0.99)
+    floor50, floor99 = quantile(ms["noop"], 0.5), quantile(ms["noop"], 0.99)
     out = []
     for name in COLUMNS:
-        p50, p99 = _quantile(ms[name], 0.5), _quantile(ms[name], 0.99)
+        p50, p99 = quantile(ms[name], 0.5), quantile(ms[name], 0.99)
         out.append(
             f"| {backend} | {name} | {p50:.2f} | {p99:.2f} | +{p50 - floor50:.2f} | +{p99 - floor99:.2f} "
-            f"| {p50 / _quantile(ms['bare HTTP'], 0.5):.2f}x |"
+            f"| {p50 / quantile(ms['bare HTTP'], 0.5):.2f}x |"
         )
     return out
 

@@ -38,8 +38,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _servers import machine, quantile  # noqa: E402
 from guard_bench import served  # noqa: E402
-from wakeup_bench import _quantile, machine  # noqa: E402
 
 from support.mcp_harness import AGENT, git_upstream, make_repo, proxy_parameters  # noqa: E402
 
@@ -89,8 +89,8 @@ def checkout(ref: str, into: Path) -> Path:
 
 def row(backend: str, name: str, startups: list[float], latencies: list[float], floor: list[float]) -> str:
     ms, base = sorted(x * 1000 for x in latencies), sorted(x * 1000 for x in floor)
-    p50, p99 = _quantile(ms, 0.5), _quantile(ms, 0.99)
-    added = f"+{p50 - _quantile(base, 0.5):.1f} | +{p99 - _quantile(base, 0.99):.1f}"
+    p50, p99 = quantile(ms, 0.5), quantile(ms, 0.99)
+    added = f"+{p50 - quantile(base, 0.5):.1f} | +{p99 - quantile(base, 0.99):.1f}"
     return f"| {backend} | {name} | {statistics.median(startups):.2f} s | {p50:.1f} | {p99:.1f} | {added} |"
 
 

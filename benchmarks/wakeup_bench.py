@@ -23,26 +23,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _servers import machine, postgres_schema, quantile  # noqa: E402
 
 from keyturn import Gate  # noqa: E402
 from support.live import LiveServer, start_server  # noqa: E402
@@ -148,59 +144,19 @@ def wakeups_polling(url: str, tokens: dict[str, str], samples: int) -> list[Samp
     return latencies
 
 
-@contextmanager
-def postgres_schema(base: str) -> Iterator[str]:
-    schema = "bench_" + secrets.token_hex(4)
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def summary(samples: list[Sample]) -> dict[str, float]:
     seen = sorted(s[0] * 1000 for s in samples)
     ms = sorted(s[1] * 1000 for s in samples)
     return {
         "n": len(ms),
         "p50": statistics.median(ms),
-        "p90": _quantile(ms, 0.90),
-        "p99": _quantile(ms, 0.99),
+        "p90": quantile(ms, 0.90),
+        "p99": quantile(ms, 0.99),
         "max": ms[-1],
         "min": ms[0],
         "seen_p50": statistics.median(seen),
-        "seen_p99": _quantile(seen, 0.99),
+        "seen_p99": quantile(seen, 0.99),
     }
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    # Nearest-rank: with 200 samples p99 is the second-worst, never an interpolation below a real sample.
-    rank = max(1, -(-len(sorted_values) * q // 1))
-    return sorted_values[int(rank) - 1]
-
-
-def machine() -> str:
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(
-                ["lscpu"], capture_output=True, text=True, check=False
-            ).stdout.splitlines()
-            if line.startswith("Model name")
-        )
-    except StopIteration:
-        model = platform.processor() or "unknown"
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"`nproc` {os.cpu_count()}, {model}, Python {platform.python_version()}; "
-        f"load average at the end of the run {load} (other work shares the machine)"
-    )
 
 
 def run(samples: int, poll_samples: int, postgres: str) -> str:
